@@ -1,0 +1,216 @@
+"""Frozen configuration dataclasses and the named presets of every official MusicGen model.
+
+Numbers come from the official checkpoints (see ../shared/REFERENCE.md). `tiny()` builds the same
+architecture at toy sizes for tests.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class EncodecConfig:
+    """SEANet EnCodec with a residual vector quantizer (defaults: facebook/encodec_32khz)."""
+
+    sample_rate: int = 32000
+    channels: int = 1  # channels the codec itself sees; stereo models run it per channel
+    num_filters: int = 64
+    ratios: tuple[int, ...] = (8, 5, 4, 4)  # decoder (upsampling) order; the encoder uses them reversed
+    dimension: int = 128  # latent size
+    num_residual_layers: int = 1
+    kernel_size: int = 7
+    last_kernel_size: int = 7
+    residual_kernel_size: int = 3
+    dilation_base: int = 2
+    compress: int = 2
+    lstm_layers: int = 2
+    causal: bool = False
+    pad_mode: str = "reflect"  # "reflect" or "constant" (zeros), as the checkpoint's config says
+    true_skip: bool = True  # identity skip in residual blocks (False: a k=1 conv shortcut)
+    trim_right_ratio: float = 1.0
+    codebook_size: int = 2048
+    num_codebooks: int = 4
+
+    def __post_init__(self):
+        if self.pad_mode not in ("reflect", "constant"):
+            raise ValueError(f"EnCodec pad_mode must be 'reflect' or 'constant', got {self.pad_mode!r}")
+        if not self.causal and self.trim_right_ratio != 1.0:
+            raise ValueError("trim_right_ratio != 1.0 only makes sense for a causal EnCodec")
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.ratios)
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+
+@dataclass(frozen=True)
+class T5Config:
+    """T5 encoder (defaults: t5-base, the text encoder of every MusicGen model)."""
+
+    vocab_size: int = 32128
+    d_model: int = 768
+    d_kv: int = 64
+    d_ff: int = 3072
+    num_layers: int = 12
+    num_heads: int = 12
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_eps: float = 1e-6
+    feed_forward: str = "relu"  # "relu" (t5-base) or "gated-gelu" (T5 v1.1, flan-T5)
+    pad_id: int = 0
+    eos_id: int = 1
+
+    def __post_init__(self):
+        if self.feed_forward not in ("relu", "gated-gelu"):
+            raise ValueError(f"T5 feed_forward must be 'relu' or 'gated-gelu', got {self.feed_forward!r}")
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """The MusicGen transformer decoder over interleaved codebook streams."""
+
+    dim: int = 1024
+    num_layers: int = 24
+    num_heads: int = 16
+    ffn_dim: int = 4096
+    num_codebooks: int = 4
+    codebook_size: int = 2048  # the special (pad / BOS) token id equals this
+    cross_attention: bool = True  # text via cross-attention; melody models prepend instead
+    condition_dim: int = 768  # width of the text encoder output before projection
+    chroma_bins: int = 0  # 12 for melody models (prepended chroma), 0 otherwise
+    chroma_frames: int = 235  # chroma frames for a 30 s window
+    layer_norm_eps: float = 1e-5
+    delays: tuple[int, ...] = (0, 1, 2, 3)
+
+    def __post_init__(self):
+        if self.dim % self.num_heads:
+            raise ValueError(f"LM dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if len(self.delays) != self.num_codebooks:
+            raise ValueError(f"{len(self.delays)} delays given for {self.num_codebooks} codebooks")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def special_token(self) -> int:
+        return self.codebook_size
+
+    @property
+    def is_melody(self) -> bool:
+        return self.chroma_bins > 0
+
+
+@dataclass(frozen=True)
+class MusicGenConfig:
+    """A whole model: codec, text encoder and LM, plus window facts used by generation."""
+
+    name: str = "musicgen-small"
+    lm: LMConfig = field(default_factory=LMConfig)
+    t5: T5Config = field(default_factory=T5Config)
+    encodec: EncodecConfig = field(default_factory=EncodecConfig)
+    audio_channels: int = 1  # 2 for stereo models: codec run per channel, streams interleaved
+    max_duration: float = 30.0  # training segment length: the generation window
+    t5_name: str = "t5-base"
+
+    def __post_init__(self):
+        if self.audio_channels not in (1, 2):
+            raise ValueError(f"audio_channels must be 1 or 2, got {self.audio_channels}")
+        if self.lm.num_codebooks != self.encodec.num_codebooks * self.audio_channels:
+            raise ValueError(
+                f"LM has {self.lm.num_codebooks} codebooks but the codec gives "
+                f"{self.encodec.num_codebooks} x {self.audio_channels} channel(s)"
+            )
+        if self.lm.codebook_size != self.encodec.codebook_size:
+            raise ValueError("LM and codec codebook sizes differ")
+
+    @property
+    def sample_rate(self) -> int:
+        return self.encodec.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.encodec.frame_rate
+
+
+def _lm(dim: int, layers: int, heads: int, *, melody: bool, stereo: bool) -> LMConfig:
+    return LMConfig(
+        dim=dim,
+        num_layers=layers,
+        num_heads=heads,
+        ffn_dim=4 * dim,
+        num_codebooks=8 if stereo else 4,
+        delays=(0, 0, 1, 1, 2, 2, 3, 3) if stereo else (0, 1, 2, 3),
+        cross_attention=not melody,
+        chroma_bins=12 if melody else 0,
+    )
+
+
+_SIZES = {"small": (1024, 24, 16), "medium": (1536, 48, 24), "large": (2048, 48, 32)}
+_VARIANTS = {
+    # name suffix -> (size, melody)
+    "small": ("small", False),
+    "medium": ("medium", False),
+    "large": ("large", False),
+    "melody": ("medium", True),
+    "melody-large": ("large", True),
+}
+
+
+def _build_presets() -> dict[str, MusicGenConfig]:
+    presets = {}
+    for variant, (size, melody) in _VARIANTS.items():
+        for stereo in (False, True):
+            name = f"musicgen-{'stereo-' if stereo else ''}{variant}"
+            presets[name] = MusicGenConfig(
+                name=name,
+                lm=_lm(*_SIZES[size], melody=melody, stereo=stereo),
+                audio_channels=2 if stereo else 1,
+            )
+    return presets
+
+
+PRESETS: dict[str, MusicGenConfig] = _build_presets()
+
+
+def preset(name: str) -> MusicGenConfig:
+    """A preset by name: 'small', 'musicgen-small' or 'facebook/musicgen-small' all work."""
+    key = name.split("/")[-1]
+    if not key.startswith("musicgen-"):
+        key = f"musicgen-{key}"
+    if key not in PRESETS:
+        raise ValueError(f"unknown model name {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[key]
+
+
+def tiny(*, melody: bool = False, stereo: bool = False) -> MusicGenConfig:
+    """The same architecture at toy sizes, for tests."""
+    encodec = EncodecConfig(num_filters=4, ratios=(4, 2), dimension=8, codebook_size=32, lstm_layers=2)
+    channels = 2 if stereo else 1
+    k = encodec.num_codebooks * channels
+    lm = LMConfig(
+        dim=32,
+        num_layers=2,
+        num_heads=4,
+        ffn_dim=64,
+        num_codebooks=k,
+        codebook_size=encodec.codebook_size,
+        condition_dim=32,
+        cross_attention=not melody,
+        chroma_bins=12 if melody else 0,
+        chroma_frames=235,
+        delays=tuple(i // channels for i in range(k)),
+    )
+    t5 = T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+    name = f"tiny{'-stereo' if stereo else ''}{'-melody' if melody else ''}"
+    return MusicGenConfig(name=name, lm=lm, t5=t5, encodec=encodec, audio_channels=channels)
+
+
+def replace(cfg, **changes):
+    """dataclasses.replace, re-exported for convenience."""
+    return dataclasses.replace(cfg, **changes)

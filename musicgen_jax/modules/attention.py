@@ -1,0 +1,119 @@
+"""Multi-head attention shared by T5 and the MusicGen LM, with an explicit KV-cache pytree.
+
+One code path serves a full (teacher-forced) pass, a prefill and a single decode step: new keys and
+values are written into the cache at `cache.index`, and queries attend causally over the buffer.
+Cross-attention keys/values are computed once per generation with `Attention.project_kv`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from musicgen_jax.modules.layers import Dense, default_kernel_init
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Self-attention cache of one layer. k, v: [B, L, H, D]; index: [] int32 positions filled."""
+
+    k: Array
+    v: Array
+    index: Array
+
+    @classmethod
+    def zeros(cls, batch: int, length: int, heads: int, head_dim: int, dtype=jnp.float32) -> "KVCache":
+        shape = (batch, length, heads, head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+
+
+@flax.struct.dataclass
+class CrossKV:
+    """Precomputed cross-attention keys/values of one layer: [B, S, H, D]."""
+
+    k: Array
+    v: Array
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | None = None,
+                          bias: Array | None = None, scale: float = 1.0) -> Array:
+    """q [B, T, H, D], k/v [B, L, H, D]; mask broadcastable to [B, H, T, L] (True = attend).
+
+    Logits and softmax in float32; the weighted sum in the value dtype.
+    """
+    logits = jnp.einsum("bthd,blhd->bhtl", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhtl,blhd->bthd", weights, v)
+
+
+def causal_mask(query_offset: Array | int, num_queries: int, num_keys: int) -> Array:
+    """[1, 1, T, L] boolean: key position <= query position (queries start at query_offset)."""
+    q_pos = query_offset + jnp.arange(num_queries)
+    k_pos = jnp.arange(num_keys)
+    return (k_pos[None, :] <= q_pos[:, None])[None, None]
+
+
+class Attention(nn.Module):
+    """Multi-head attention; kernels [embed, heads, kv] and [heads, kv, embed] as in t5x.
+
+    scale_queries: multiply logits by 1/sqrt(head_dim) (MusicGen); T5 folds that into its weights.
+    """
+
+    features: int  # model width: input of the projections, output of `out`
+    num_heads: int
+    head_dim: int
+    scale_queries: bool = True
+    dtype: Any = jnp.float32
+    kernel_init: Any = default_kernel_init
+
+    def setup(self):
+        qkv = dict(features=(self.num_heads, self.head_dim), kernel_axes=("embed", "heads", "kv"),
+                   dtype=self.dtype, kernel_init=self.kernel_init)
+        self.query = Dense(**qkv)
+        self.key = Dense(**qkv)
+        self.value = Dense(**qkv)
+        self.out = Dense(self.features, kernel_axes=("heads", "kv", "embed"), axis=(-2, -1),
+                         dtype=self.dtype, kernel_init=self.kernel_init)
+
+    def project_kv(self, memory: Array) -> CrossKV:
+        """Keys and values of a memory [B, S, E'] (cross-attention), computed once."""
+        return CrossKV(self.key(memory), self.value(memory))
+
+    def __call__(self, x: Array, *, memory: Array | None = None, cross_kv: CrossKV | None = None,
+                 cache: KVCache | None = None, causal: bool = False, mask: Array | None = None,
+                 bias: Array | None = None) -> tuple[Array, KVCache | None]:
+        """x [B, T, E] -> ([B, T, E], updated cache).
+
+        Self-attention unless `memory` or `cross_kv` is given. With a cache, new keys/values are
+        written at cache.index and the queries sit at positions index .. index+T-1 (causal).
+        mask: extra boolean mask broadcastable to [B, H, T, L]; bias: additive [B|1, H, T, L].
+        """
+        q = self.query(x)  # [B, T, H, D]
+        if cross_kv is None and memory is not None:
+            cross_kv = self.project_kv(memory)
+        if cross_kv is not None:
+            k, v = cross_kv.k, cross_kv.v
+        else:
+            k, v = self.key(x), self.value(x)
+        offset = 0
+        if cache is not None:
+            offset = cache.index
+            zero = jnp.zeros((), jnp.int32)
+            k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (zero, offset, zero, zero))
+            v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (zero, offset, zero, zero))
+            cache = KVCache(k, v, offset + x.shape[1])
+        if causal:
+            cm = causal_mask(offset, x.shape[1], k.shape[1])
+            mask = cm if mask is None else jnp.logical_and(mask, cm)
+        scale = self.head_dim ** -0.5 if self.scale_queries else 1.0
+        y = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, bias=bias, scale=scale)
+        return self.out(y), cache
