@@ -38,6 +38,8 @@ class EncodecConfig:
             raise ValueError(f"EnCodec pad_mode must be 'reflect' or 'constant', got {self.pad_mode!r}")
         if not self.causal and self.trim_right_ratio != 1.0:
             raise ValueError("trim_right_ratio != 1.0 only makes sense for a causal EnCodec")
+        if self.num_codebooks < 1:
+            raise ValueError(f"EnCodec needs at least one codebook, got {self.num_codebooks}")
 
     @property
     def hop_length(self) -> int:
