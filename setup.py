@@ -26,7 +26,7 @@ setup(
     ],
     extras_require={
         # torch: pre-install torch==2.13.0 (CPU) first; an unpinned torch pulls the CUDA wheels.
-        "test": ["pytest>=7", "torch>=2.1", "transformers>=4.40"],
+        "test": ["pytest>=7", "scipy", "torch>=2.1", "transformers>=4.40"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },
