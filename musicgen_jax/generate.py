@@ -1,0 +1,158 @@
+"""The jitted decode loop: prefill, then one `lax.while_loop` over fixed-size buffers.
+
+    buffer [B, K, S]  (delay-patterned: prompt frames and special tokens in place, -1 to generate)
+    prefill steps [0, start) -> tokens of step `start`
+    while step < end: feed step `step` (one token per codebook) -> tokens of step `step + 1`
+
+Classifier-free guidance doubles the batch inside each model call ([conditional; null]) and mixes
+the raw logits. Sampled tokens are written only where the buffer holds -1, so prompt tokens and
+specials are never overwritten. `S` and the prefill length are static (bucketed by the caller);
+`start` and `end` are traced, so a new duration or prompt length in the same bucket reuses the
+compiled program.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from musicgen_jax.modules.lm import Conditions, LMCache, MusicGenLM
+from musicgen_jax.sampling import SamplingParams, classifier_free_guidance, sample_next
+
+Array = jax.Array
+UNKNOWN = -1
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """Static choices of one compiled decode program."""
+
+    sampling: SamplingParams = SamplingParams()
+    cfg_coef: float = 3.0
+    two_step_cfg: bool = False  # run conditional and null halves as separate calls (audiocraft option)
+    prefill_length: int = 1  # static length of the prefill call (>= start)
+    progress_every: int = 0  # call the progress callback every N steps (0: never)
+
+    @property
+    def use_cfg(self) -> bool:
+        return self.cfg_coef != 1.0
+
+
+@flax.struct.dataclass
+class DecodeState:
+    step: Array  # [] int32: the step fed next; its output fills step + 1
+    buffer: Array  # [B, K, S] int32
+    cache: Any  # LMCache, or (conditional, null) caches with two_step_cfg
+    key: Array
+
+
+def _model_logits(lm: MusicGenLM, params, tokens: Array, conditions: Conditions, cache,
+                  settings: DecodeSettings) -> tuple[Array, Any]:
+    """tokens [B, K, T] -> guided logits of the last step [B, K, card], updated cache(s).
+
+    conditions hold 2B rows ([conditional; null]) when CFG is on.
+    """
+    if not settings.use_cfg:
+        logits, cache = lm.apply({"params": params}, tokens, conditions, cache)
+        return logits[:, :, -1], cache
+    if settings.two_step_cfg:
+        halves = jax.tree.map(lambda x: jnp.split(x, 2, axis=_batch_axis(x)), conditions)
+        cond_c = jax.tree.map(lambda x: x[0], halves, is_leaf=lambda x: isinstance(x, list))
+        null_c = jax.tree.map(lambda x: x[1], halves, is_leaf=lambda x: isinstance(x, list))
+        cond, cache_c = lm.apply({"params": params}, tokens, cond_c, cache[0])
+        uncond, cache_n = lm.apply({"params": params}, tokens, null_c, cache[1])
+        cache = (cache_c, cache_n)
+    else:
+        both, cache = lm.apply({"params": params}, jnp.concatenate([tokens, tokens]), conditions, cache)
+        cond, uncond = jnp.split(both, 2)
+    return classifier_free_guidance(cond[:, :, -1], uncond[:, :, -1], settings.cfg_coef), cache
+
+
+def _batch_axis(x: Array) -> int:
+    """Cross-attention K/V are stacked over layers ([L, B, ...]); prefixes are [B, ...]."""
+    return 1 if x.ndim == 5 else 0
+
+
+def _write_step(buffer: Array, step: Array, tokens: Array) -> Array:
+    """Write tokens [B, K] at `step` where the buffer still holds UNKNOWN."""
+    current = jax.lax.dynamic_slice_in_dim(buffer, step, 1, axis=2)[..., 0]  # [B, K]
+    chosen = jnp.where(current == UNKNOWN, tokens, current)
+    return jax.lax.dynamic_update_slice_in_dim(buffer, chosen[..., None], step, axis=2)
+
+
+def init_caches(lm: MusicGenLM, batch: int, length: int, settings: DecodeSettings, dtype=jnp.float32):
+    rows = 2 * batch if settings.use_cfg and not settings.two_step_cfg else batch
+    cache = LMCache.zeros(lm.config, rows, length, dtype)
+    return (cache, LMCache.zeros(lm.config, batch, length, dtype)) if settings.two_step_cfg and settings.use_cfg \
+        else cache
+
+
+def _set_index(cache, index: Array):
+    return jax.tree.map(lambda c: c.replace(index=index), cache, is_leaf=lambda c: isinstance(c, LMCache))
+
+
+def decode(lm: MusicGenLM, params, conditions: Conditions, buffer: Array, start: Array, end: Array,
+           key: Array, settings: DecodeSettings, progress: Callable[[Any], None] | None = None,
+           cache_dtype=jnp.float32) -> Array:
+    """Fill buffer [B, K, S] from step `start` to step `end` (inclusive); returns the buffer.
+
+    Steps [0, start) must be fully known (prompt frames / specials). Traceable: jit it with `lm`,
+    `settings` and `progress` static.
+    """
+    batch, _, total = buffer.shape
+    prefix = 0
+    if conditions.prefix is not None:
+        prefix = conditions.prefix.shape[1]
+    cache = init_caches(lm, batch, prefix + total, settings, cache_dtype)
+    buffer = buffer.astype(jnp.int32)
+    start = jnp.asarray(start, jnp.int32)
+
+    # prefill: a static-length call; positions past `start` are junk that later steps overwrite
+    # before they are ever attended (causal mask), and the cache index is reset to the true length.
+    prefill = buffer[:, :, : settings.prefill_length]
+    logits_all, cache = _prefill_logits(lm, params, prefill, conditions, cache, settings)
+    logits = jax.lax.dynamic_slice_in_dim(logits_all, start - 1, 1, axis=2)[:, :, 0]
+    cache = _set_index(cache, prefix + start)
+    key, sub = jax.random.split(key)
+    buffer = _write_step(buffer, start, sample_next(sub, logits, settings.sampling))
+    step_conditions = conditions.without_prefix()
+
+    def cond_fn(state: DecodeState):
+        return state.step < end
+
+    def body_fn(state: DecodeState) -> DecodeState:
+        tokens = jax.lax.dynamic_slice_in_dim(state.buffer, state.step, 1, axis=2)  # [B, K, 1]
+        logits, cache = _model_logits(lm, params, tokens, step_conditions, state.cache, settings)
+        key, sub = jax.random.split(state.key)
+        buffer = _write_step(state.buffer, state.step + 1, sample_next(sub, logits, settings.sampling))
+        if progress is not None and settings.progress_every:
+            jax.lax.cond((state.step + 1) % settings.progress_every == 0,
+                         lambda s: jax.debug.callback(progress, s), lambda s: None, state.step + 1)
+        return DecodeState(state.step + 1, buffer, cache, key)
+
+    state = jax.lax.while_loop(cond_fn, body_fn, DecodeState(start, buffer, cache, key))
+    return state.buffer
+
+
+def _prefill_logits(lm, params, tokens, conditions, cache, settings):
+    """All-step guided logits [B, K, T, card] of the prefill call."""
+    if not settings.use_cfg:
+        return lm.apply({"params": params}, tokens, conditions, cache)
+    if settings.two_step_cfg:
+        halves = [jax.tree.map(lambda x, i=i: jnp.split(x, 2, axis=_batch_axis(x))[i], conditions) for i in (0, 1)]
+        cond, cache_c = lm.apply({"params": params}, tokens, halves[0], cache[0])
+        uncond, cache_n = lm.apply({"params": params}, tokens, halves[1], cache[1])
+        return classifier_free_guidance(cond, uncond, settings.cfg_coef), (cache_c, cache_n)
+    both, cache = lm.apply({"params": params}, jnp.concatenate([tokens, tokens]), conditions, cache)
+    cond, uncond = jnp.split(both, 2)
+    return classifier_free_guidance(cond, uncond, settings.cfg_coef), cache
+
+
+@functools.partial(jax.jit, static_argnames=("lm", "settings", "progress", "cache_dtype"))
+def decode_jit(lm, params, conditions, buffer, start, end, key, settings, progress=None,
+               cache_dtype=jnp.float32):
+    return decode(lm, params, conditions, buffer, start, end, key, settings, progress, cache_dtype)
