@@ -1,0 +1,388 @@
+"""The user-facing MusicGen class, shaped like audiocraft's so its users feel at home.
+
+    mg = MusicGen.from_pretrained("facebook/musicgen-small")
+    mg.set_generation_params(duration=8.0)
+    wav = mg.generate(["lofi hip hop with a mellow piano"], progress=True)   # [B, C, N] at 32 kHz
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from functools import cached_property
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musicgen_jax import hub
+from musicgen_jax.codec import CompressionModel
+from musicgen_jax.config import MusicGenConfig, T5Config
+from musicgen_jax.generate import DecodeSettings, decode_jit
+from musicgen_jax.modules.lm import MusicGenLM
+from musicgen_jax.modules.t5 import T5Encoder
+from musicgen_jax.patterns import prompt_sequence, revert_delay_sequence
+from musicgen_jax.sampling import SamplingParams
+from musicgen_jax.tokenizer import T5Tokenizer
+
+ProgressCallback = Callable[[int, int], None]  # (frames generated, frames to generate)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationParams:
+    """audiocraft's defaults: sampling top-k 250, CFG 3, 15 s, 18 s stride for long-form."""
+
+    duration: float = 15.0
+    use_sampling: bool = True
+    top_k: int = 250
+    top_p: float = 0.0
+    temperature: float = 1.0
+    cfg_coef: float = 3.0
+    two_step_cfg: bool = False
+    extend_stride: float = 18.0
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.use_sampling, self.temperature, self.top_k, self.top_p)
+
+
+def _bucket(n: int, size: int, cap: int | None = None) -> int:
+    """Round n up to a multiple of `size` (at most `cap`, never below n)."""
+    b = -(-n // size) * size
+    return max(n, min(b, cap)) if cap else b
+
+
+class MusicGen:
+    """Text (and audio-prompt) conditioned music generation with the official MusicGen weights."""
+
+    bucket_frames = 50  # static shapes: window lengths round up to whole seconds (50 frames)
+
+    def __init__(self, config: MusicGenConfig, lm_params, t5_params, tokenizer: T5Tokenizer,
+                 compression_model: CompressionModel, *, dtype=jnp.float32,
+                 generation_params: GenerationParams | None = None):
+        self.config = config
+        self.lm = MusicGenLM(config.lm, dtype=dtype)
+        self.lm_params = jax.tree.map(jnp.asarray, lm_params)
+        self.t5 = T5Encoder(config.t5, dtype=dtype)
+        self.t5_params = jax.tree.map(jnp.asarray, t5_params)
+        self.tokenizer = tokenizer
+        self.compression_model = compression_model
+        self.generation_params = generation_params or GenerationParams()
+        self._progress_callback: ProgressCallback | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = "facebook/musicgen-small", *, dtype=jnp.float32) -> "MusicGen":
+        """A hub name or a local directory, in the transformers or the audiocraft layout."""
+        if isinstance(name_or_path, str) and "/" not in name_or_path and not os.path.exists(name_or_path):
+            from musicgen_jax.config import preset
+
+            name_or_path = "facebook/" + preset(name_or_path).name  # 'small' -> facebook/musicgen-small
+        directory = hub.resolve(name_or_path)
+        if os.path.isfile(os.path.join(directory, "state_dict.bin")):
+            return cls._from_audiocraft(directory, dtype)
+        return cls._from_transformers(directory, dtype)
+
+    @classmethod
+    def _from_transformers(cls, directory: str, dtype) -> "MusicGen":
+        from musicgen_jax.convert.common import load_transformers_weights, sub_state
+        from musicgen_jax.convert.encodec import encodec_config_from_hf, encodec_params_from_state_dict
+        from musicgen_jax.convert.lm import lm_config_from_hf, lm_params_from_transformers
+        from musicgen_jax.convert.t5 import t5_config_from_hf, t5_params_from_state_dict
+
+        with open(os.path.join(directory, "config.json")) as f:
+            raw = json.load(f)
+        if raw.get("model_type") not in ("musicgen", "musicgen_melody"):
+            raise ValueError(f"{directory} is not a MusicGen checkpoint (model_type {raw.get('model_type')!r})")
+        state = load_transformers_weights(directory)
+        lm_config = lm_config_from_hf(raw)
+        t5_config = t5_config_from_hf(raw["text_encoder"])
+        codec_config = encodec_config_from_hf(raw["audio_encoder"])
+        channels = int(raw.get("decoder", {}).get("audio_channels", 1))
+        config = MusicGenConfig(name=os.path.basename(os.path.normpath(directory)), lm=lm_config, t5=t5_config,
+                                encodec=codec_config, audio_channels=channels)
+        lm_params = lm_params_from_transformers(state, lm_config)
+        t5_params = t5_params_from_state_dict(state, t5_config, prefix="text_encoder.")
+        codec = CompressionModel(codec_config, encodec_params_from_state_dict(sub_state(state, "audio_encoder."),
+                                                                             codec_config), channels)
+        tokenizer = T5Tokenizer.from_pretrained(directory)
+        return cls(config, lm_params, t5_params, tokenizer, codec, dtype=dtype,
+                   generation_params=_generation_params_from_hf(directory))
+
+    @classmethod
+    def _from_audiocraft(cls, directory: str, dtype) -> "MusicGen":
+        from musicgen_jax.convert.encodec import load_encodec_audiocraft
+        from musicgen_jax.convert.lm import load_audiocraft_lm
+        from musicgen_jax.convert.t5 import load_t5
+
+        lm_config, lm_params, xp_cfg = load_audiocraft_lm(os.path.join(directory, "state_dict.bin"))
+        codec_config, codec_params = load_encodec_audiocraft(os.path.join(directory, "compression_state_dict.bin"))
+        t5_name = _audiocraft_t5_name(xp_cfg)
+        t5_config, t5_params = load_t5(t5_name)
+        channels = 2 if lm_config.num_codebooks == 2 * codec_config.num_codebooks else 1
+        config = MusicGenConfig(name=os.path.basename(os.path.normpath(directory)), lm=lm_config, t5=t5_config,
+                                encodec=codec_config, audio_channels=channels, t5_name=t5_name)
+        codec = CompressionModel(codec_config, codec_params, channels)
+        tokenizer = T5Tokenizer.from_pretrained(t5_name)
+        return cls(config, lm_params, t5_params, tokenizer, codec, dtype=dtype,
+                   generation_params=_generation_params_from_audiocraft(xp_cfg))
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def sample_rate(self) -> int:
+        return self.compression_model.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.compression_model.frame_rate
+
+    @property
+    def audio_channels(self) -> int:
+        return self.config.audio_channels
+
+    @property
+    def max_duration(self) -> float:
+        return self.config.max_duration
+
+    @property
+    def duration(self) -> float:
+        return self.generation_params.duration
+
+    # ------------------------------------------------------------------ settings
+    def set_generation_params(self, duration: float | None = None, use_sampling: bool | None = None,
+                              top_k: int | None = None, top_p: float | None = None,
+                              temperature: float | None = None, cfg_coef: float | None = None,
+                              two_step_cfg: bool | None = None, extend_stride: float | None = None) -> None:
+        """Like audiocraft's; arguments left as None keep their current value."""
+        changes = {k: v for k, v in dict(duration=duration, use_sampling=use_sampling, top_k=top_k, top_p=top_p,
+                                         temperature=temperature, cfg_coef=cfg_coef, two_step_cfg=two_step_cfg,
+                                         extend_stride=extend_stride).items() if v is not None}
+        params = dataclasses.replace(self.generation_params, **changes)
+        if not isinstance(params.duration, (int, float)) or not params.duration > 0:
+            raise ValueError(f"duration must be > 0 seconds, got {params.duration!r}")
+        if not 0 < params.extend_stride < self.max_duration:
+            raise ValueError(f"extend_stride must be in (0, {self.max_duration}) s, got {params.extend_stride}")
+        params.sampling  # validates temperature / top_k / top_p
+        self.generation_params = params
+
+    def set_custom_progress_callback(self, callback: ProgressCallback | None = None) -> None:
+        """callback(frames_generated, frames_total), called every second of generated audio."""
+        self._progress_callback = callback
+
+    # ------------------------------------------------------------------ generation API
+    def generate(self, descriptions: Sequence[str], progress: bool = False, return_tokens: bool = False,
+                 seed: int | None = None):
+        """Text -> wav [B, C, N] (and tokens [B, K, T] with return_tokens)."""
+        descriptions = _check_descriptions(descriptions)
+        tokens = self._generate_tokens(descriptions, None, progress, seed)
+        return self._finish(tokens, return_tokens)
+
+    def generate_unconditional(self, num_samples: int, progress: bool = False, return_tokens: bool = False,
+                               seed: int | None = None):
+        """Null text condition for every sample."""
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        tokens = self._generate_tokens([None] * num_samples, None, progress, seed)
+        return self._finish(tokens, return_tokens)
+
+    def generate_continuation(self, prompt, prompt_sample_rate: int,
+                              descriptions: Sequence[str | None] | None = None, progress: bool = False,
+                              return_tokens: bool = False, seed: int | None = None):
+        """Continue audio prompt [B, C, N] (or [C, N]) at prompt_sample_rate; the prompt stays in the output."""
+        prompt = self._prepare_prompt(prompt, prompt_sample_rate)
+        if descriptions is None:
+            descriptions = [None] * prompt.shape[0]
+        descriptions = _check_descriptions(descriptions, allow_none=True)
+        if len(descriptions) != prompt.shape[0]:
+            raise ValueError(f"{len(descriptions)} descriptions for {prompt.shape[0]} prompt waveforms")
+        prompt_tokens = self.compression_model.encode(prompt)
+        tokens = self._generate_tokens(descriptions, prompt_tokens, progress, seed)
+        return self._finish(tokens, return_tokens)
+
+    # ------------------------------------------------------------------ internals
+    def _prepare_prompt(self, prompt, rate: int) -> np.ndarray:
+        from musicgen_jax.audio import resample
+
+        if not hasattr(prompt, "shape"):
+            raise TypeError(f"prompt must be an array [B, C, N], got {type(prompt).__name__}")
+        prompt = np.asarray(prompt, np.float32)
+        if prompt.ndim == 2:
+            prompt = prompt[None]
+        if prompt.ndim != 3 or prompt.shape[-1] == 0:
+            raise ValueError(f"prompt must have shape [batch, channels, samples], got {prompt.shape}")
+        if not np.isfinite(prompt).all():
+            raise ValueError("prompt audio contains NaN or infinite values")
+        if not isinstance(rate, (int, np.integer)) or rate <= 0:
+            raise ValueError(f"prompt_sample_rate must be a positive integer, got {rate!r}")
+        if rate != self.sample_rate:
+            prompt = np.stack([resample(p, int(rate), self.sample_rate) for p in prompt])
+        if prompt.shape[-1] / self.sample_rate > self.duration:
+            raise ValueError(f"prompt ({prompt.shape[-1] / self.sample_rate:.2f} s) is longer than the "
+                             f"requested duration ({self.duration} s)")
+        return prompt
+
+    def _finish(self, tokens: jax.Array, return_tokens: bool):
+        wav = self.compression_model.decode(tokens)
+        return (wav, tokens) if return_tokens else wav
+
+    def encode_text(self, descriptions: Sequence[str | None]) -> tuple[jax.Array, jax.Array]:
+        """T5 features [B, S, D] and mask [B, S]; a None description is the null condition (mask 0)."""
+        texts = ["" if d is None else d for d in descriptions]
+        batch = self.tokenizer(texts)
+        mask = np.asarray(batch.mask).copy()
+        mask[[i for i, d in enumerate(descriptions) if d is None or d == ""]] = 0  # audiocraft: empty -> null
+        features = self._t5_fn(self.t5_params, jnp.asarray(batch.ids), jnp.asarray(batch.mask))
+        return features, jnp.asarray(mask)
+
+    @cached_property
+    def _t5_fn(self):
+        return jax.jit(lambda p, ids, mask: self.t5.apply({"params": p}, ids, mask))
+
+    @cached_property
+    def _conditions_fn(self):
+        return jax.jit(lambda p, text, mask: self.lm.apply({"params": p}, text=text, text_mask=mask,
+                                                            method=MusicGenLM.encode_conditions))
+
+    def _conditions(self, descriptions, use_cfg: bool):
+        text, mask = self.encode_text(descriptions)
+        if use_cfg:  # [conditional; null]: the null half is all-zero memory with an all-zero mask
+            text = jnp.concatenate([text, jnp.zeros_like(text)])
+            mask = jnp.concatenate([mask, jnp.zeros_like(mask)])
+        return self._conditions_fn(self.lm_params, text, mask)
+
+    def _generate_tokens(self, descriptions, prompt_tokens, progress: bool, seed: int | None) -> jax.Array:
+        """Long-form aware: windows of max_duration, each restarting from the last (window - stride)."""
+        params = self.generation_params
+        total = int(params.duration * self.frame_rate)
+        window = int(self.max_duration * self.frame_rate)
+        stride = int(params.extend_stride * self.frame_rate)
+        key = jax.random.PRNGKey(np.random.randint(0, 2 ** 31 - 1) if seed is None else seed)
+        conditions = self._conditions(descriptions, params.cfg_coef != 1.0)
+        reporter = _Progress(total, progress, self._progress_callback)
+        if total <= window:
+            tokens = self._generate_window(conditions, prompt_tokens, total, key, reporter, 0)
+            reporter.close()
+            return tokens
+        pieces = [prompt_tokens] if prompt_tokens is not None else []
+        offset = 0
+        while True:
+            frames = min(total - offset, window)
+            key, sub = jax.random.split(key)
+            generated = self._generate_window(conditions, prompt_tokens, frames, sub, reporter, offset)
+            done = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
+            pieces.append(generated[:, :, done:])
+            if offset + frames >= total:
+                break
+            prompt_tokens = generated[:, :, stride:]
+            offset += stride
+        reporter.close()
+        return jnp.concatenate(pieces, axis=-1)[:, :, :total]
+
+    def _report_progress(self, step) -> None:
+        self._reporter.report(self._window_offset + int(step))
+
+    def _generate_window(self, conditions, prompt_tokens, frames: int, key, reporter, offset: int) -> jax.Array:
+        """One window of `frames` frames (prompt included) -> codes [B, K, frames]."""
+        c = self.config.lm
+        batch = conditions.cross_kv.k.shape[1] if conditions.cross_kv is not None else conditions.prefix.shape[0]
+        batch //= 2 if self.generation_params.cfg_coef != 1.0 else 1
+        if prompt_tokens is None:
+            prompt_tokens = jnp.zeros((batch, c.num_codebooks, 0), jnp.int32)
+        prompt_len = prompt_tokens.shape[-1]
+        buffer = prompt_sequence(prompt_tokens, frames, c.delays, c.special_token)  # [B, K, frames + max(d) + 1]
+        steps = buffer.shape[-1]
+        window_steps = int(self.max_duration * self.frame_rate) + max(c.delays) + 1
+        padded = _bucket(steps, self.bucket_frames, window_steps)
+        buffer = jnp.pad(buffer, ((0, 0), (0, 0), (0, padded - steps)), constant_values=c.special_token)
+        start = prompt_len + 1
+        settings = DecodeSettings(
+            sampling=self.generation_params.sampling, cfg_coef=self.generation_params.cfg_coef,
+            two_step_cfg=self.generation_params.two_step_cfg,
+            prefill_length=min(_bucket(start, self.bucket_frames), padded),
+            progress_every=self.bucket_frames if reporter.active else 0)
+        # A stable (bound-method) callback keeps the jit cache warm; it forwards to the current reporter.
+        self._reporter, self._window_offset = reporter, offset - 1
+        callback = self._report_progress if reporter.active else None
+        out = decode_jit(self.lm, self.lm_params, conditions, buffer, start, steps - 1, key, settings, callback)
+        return revert_delay_sequence(out[:, :, :steps], frames, c.delays, c.special_token)
+
+
+class _Progress:
+    """tqdm bar and/or user callback fed from inside the jitted loop (every `bucket_frames` steps)."""
+
+    def __init__(self, total: int, bar: bool, callback: ProgressCallback | None):
+        self.total, self.callback = total, callback
+        self.bar = None
+        if bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="frame", desc="generating")
+        self.active = bar or callback is not None
+        self._done = 0
+
+    def report(self, frames: int) -> None:
+        done = min(self.total, max(self._done, frames))
+        if self.bar is not None:
+            self.bar.update(done - self._done)
+        self._done = done
+        if self.callback is not None:
+            self.callback(done, self.total)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.update(self.total - self._done)
+            self.bar.close()
+            self.bar = None
+
+
+def _check_descriptions(descriptions, allow_none: bool = False) -> list:
+    if isinstance(descriptions, str):
+        raise TypeError("descriptions must be a list of strings, not a single string: wrap it in a list")
+    if not isinstance(descriptions, (list, tuple)):
+        raise TypeError(f"descriptions must be a list of strings, got {type(descriptions).__name__}")
+    if len(descriptions) == 0:
+        raise ValueError("descriptions is empty: give at least one prompt")
+    for d in descriptions:
+        if not (isinstance(d, str) or (allow_none and d is None)):
+            raise TypeError(f"each description must be a string, got {type(d).__name__}: {d!r}")
+    return list(descriptions)
+
+
+def _generation_params_from_hf(directory: str) -> GenerationParams:
+    """Defaults from generation_config.json where present (guidance_scale, top_k, do_sample, ...)."""
+    path = os.path.join(directory, "generation_config.json")
+    params = GenerationParams()
+    if not os.path.isfile(path):
+        return params
+    with open(path) as f:
+        g = json.load(f)
+    changes = {}
+    if g.get("guidance_scale") is not None:
+        changes["cfg_coef"] = float(g["guidance_scale"])
+    if g.get("do_sample") is not None:
+        changes["use_sampling"] = bool(g["do_sample"])
+    if g.get("top_k") is not None:
+        changes["top_k"] = int(g["top_k"])
+    if g.get("top_p") is not None and float(g["top_p"]) < 1.0:
+        changes["top_p"] = float(g["top_p"])
+    if g.get("temperature") is not None:
+        changes["temperature"] = float(g["temperature"])
+    return dataclasses.replace(params, **changes)
+
+
+def _generation_params_from_audiocraft(xp_cfg: dict) -> GenerationParams:
+    changes = {}
+    cfg_section = xp_cfg.get("classifier_free_guidance") or {}
+    if cfg_section.get("inference_coef") is not None:
+        changes["cfg_coef"] = float(cfg_section["inference_coef"])
+    return dataclasses.replace(GenerationParams(), **changes)
+
+
+def _audiocraft_t5_name(xp_cfg: dict) -> str:
+    conditioners = xp_cfg.get("conditioners") or {}
+    for cond in conditioners.values():
+        if isinstance(cond, dict) and cond.get("model") == "t5":
+            return cond.get("t5", {}).get("name", "t5-base")
+    return "t5-base"
