@@ -1,7 +1,8 @@
-"""`musicgen-jax` command line: codec encode | decode | roundtrip (generate/train/... join later)."""
+"""`musicgen-jax` command line: generate | codec encode/decode/roundtrip."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -56,9 +57,66 @@ def codec_roundtrip(args) -> int:
     return 0
 
 
+def _read_prompts(args) -> list[str]:
+    prompts = list(args.prompts)
+    if args.prompts_file:
+        with open(args.prompts_file, encoding="utf-8") as f:
+            prompts += [line.strip() for line in f if line.strip()]
+    if not prompts:
+        raise ValueError("no prompt given: pass PROMPT arguments or --prompts-file FILE")
+    return prompts
+
+
+def _output_paths(out: str, count: int) -> list[str]:
+    if count == 1:
+        return [out]
+    stem, ext = os.path.splitext(out)
+    return [f"{stem}_{i}{ext or '.wav'}" for i in range(count)]
+
+
+def generate(args) -> int:
+    from musicgen_jax.audio import write_wav
+    from musicgen_jax.musicgen import MusicGen
+
+    prompts = _read_prompts(args)
+    if args.duration is not None and not args.duration > 0:
+        raise ValueError(f"--duration must be > 0 seconds, got {args.duration}")
+    model = MusicGen.from_pretrained(args.model)
+    model.set_generation_params(duration=args.duration, use_sampling=False if args.greedy else None,
+                                top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                                cfg_coef=args.cfg_coef, extend_stride=args.extend_stride)
+    paths = _output_paths(args.out, len(prompts))
+    for start in range(0, len(prompts), args.batch_size):
+        batch = prompts[start:start + args.batch_size]
+        seed = None if args.seed is None else args.seed + start
+        wav = np.asarray(model.generate(batch, progress=not args.quiet, seed=seed))  # [B, C, N]
+        for i, item in enumerate(wav):
+            path = write_wav(paths[start + i], item, model.sample_rate)
+            print(f"{path}: {item.shape[-1] / model.sample_rate:.2f} s, {item.shape[0]} channel(s)  <- "
+                  f"{batch[i]!r}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicgen-jax", description="MusicGen in JAX")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="text -> music (wav)")
+    gen.add_argument("prompts", nargs="*", metavar="PROMPT", help="text description(s)")
+    gen.add_argument("--prompts-file", help="a text file with one prompt per line")
+    gen.add_argument("--model", default="facebook/musicgen-small", help="hub name or local checkpoint directory")
+    gen.add_argument("--duration", type=float, default=None, help="seconds (default: the model's, 15 s)")
+    gen.add_argument("--seed", type=int, default=None, help="random seed (same seed, same music)")
+    gen.add_argument("--out", default="out.wav", help="output wav; several prompts give OUT_0.wav, OUT_1.wav, ...")
+    gen.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    gen.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--temperature", type=float, default=None)
+    gen.add_argument("--cfg-coef", type=float, default=None, help="classifier-free guidance (default 3)")
+    gen.add_argument("--extend-stride", type=float, default=None, help="long-form stride in seconds (18)")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=generate)
 
     codec = commands.add_parser("codec", help="EnCodec: audio <-> codes")
     codec_cmds = codec.add_subparsers(dest="codec_command", required=True)

@@ -331,8 +331,9 @@ class _Progress:
             self.callback(done, self.total)
 
     def close(self):
+        if self._done < self.total:
+            self.report(self.total)
         if self.bar is not None:
-            self.bar.update(self.total - self._done)
             self.bar.close()
             self.bar = None
 

@@ -141,3 +141,148 @@ def test_greedy_musicgen_small_shapes(tmp_path):
     ref_tokens, ref_audio = reference_generate(model, mg, ["happy rock guitar"], 100)
     np.testing.assert_array_equal(np.asarray(tokens), ref_tokens)
     assert snr_db(ref_audio, np.asarray(wav)) >= 60
+
+
+def test_continuation_matches_transformers_audio_prompt(tiny):
+    """generate_continuation keeps the prompt and continues it like transformers' input_values path."""
+    model, mg = tiny
+    frames, prompt_frames = 100, 30
+    greedy(mg, frames)
+    rng = np.random.default_rng(0)
+    prompt = (rng.standard_normal((1, 1, prompt_frames * 8)) * 0.3).astype(np.float32)
+    wav, tokens = mg.generate_continuation(prompt, 32000, ["happy rock guitar"], return_tokens=True)
+    prompt_codes = np.asarray(mg.compression_model.encode(prompt))
+    np.testing.assert_array_equal(np.asarray(tokens)[:, :, :prompt_frames], prompt_codes)  # prompt kept
+
+    captured = {}
+    decode = model.audio_encoder.decode
+    model.audio_encoder.decode = lambda codes, *a, **k: captured.setdefault("codes", codes[0].clone()) is None or \
+        decode(codes, *a, **k)
+    batch = mg.tokenizer(["happy rock guitar"])
+    with torch.no_grad():
+        model.generate(input_ids=torch.from_numpy(np.asarray(batch.ids)).long(),
+                       attention_mask=torch.from_numpy(np.asarray(batch.mask)).long(),
+                       input_values=torch.from_numpy(prompt), do_sample=False, guidance_scale=3.0,
+                       max_new_tokens=frames - prompt_frames + 3)
+    model.audio_encoder.decode = decode
+    np.testing.assert_array_equal(np.asarray(tokens), captured["codes"].numpy())
+
+
+def test_long_form_windows_restart_from_the_stride(tiny, monkeypatch):
+    _, mg = tiny
+    original_config = mg.config
+    window = 40  # frames: a 0.01 s window at the tiny codec's 4000 Hz frame rate
+    mg.config = dataclasses.replace(mg.config, max_duration=window / mg.frame_rate)
+    calls = []
+    inner = MusicGen._generate_window
+
+    def spy(self, conditions, prompt_tokens, frames, key, reporter, offset):
+        out = inner(self, conditions, prompt_tokens, frames, key, reporter, offset)
+        calls.append((None if prompt_tokens is None else np.asarray(prompt_tokens), frames, np.asarray(out)))
+        return out
+
+    monkeypatch.setattr(MusicGen, "_generate_window", spy)
+    try:
+        mg.set_generation_params(duration=100 / mg.frame_rate, use_sampling=False, cfg_coef=3.0,
+                                 extend_stride=25 / mg.frame_rate)
+        _, tokens = mg.generate(["happy rock guitar"], return_tokens=True)
+    finally:
+        mg.config = original_config
+    tokens = np.asarray(tokens)
+    assert tokens.shape == (1, 4, 100)
+    assert [c[1] for c in calls] == [40, 40, 40, 25]  # windows at frames 0, 25, 50 and 75 (the last cut at 100)
+    assert calls[0][0] is None
+    for (_, _, prev), (prompt, frames, out) in zip(calls, calls[1:]):
+        np.testing.assert_array_equal(prompt, prev[:, :, 25:])  # the last (window - stride) frames
+        np.testing.assert_array_equal(out[:, :, : prompt.shape[-1]], prompt)
+    # the output is the first window followed by the new frames of each later window
+    stitched = np.concatenate([calls[0][2]] + [out[:, :, p.shape[-1]:] for p, _, out in
+                                               [(c[0], c[1], c[2]) for c in calls[1:]]], axis=-1)
+    np.testing.assert_array_equal(tokens, stitched[:, :, :100])
+
+
+def test_sampling_seed_reproducible_and_progress(tiny):
+    _, mg = tiny
+    mg.set_generation_params(duration=60 / mg.frame_rate, use_sampling=True, top_k=5, cfg_coef=3.0)
+    seen = []
+    mg.set_custom_progress_callback(lambda done, total: seen.append((done, total)))
+    try:
+        _, a = mg.generate(["happy rock guitar"], return_tokens=True, seed=3)
+    finally:
+        mg.set_custom_progress_callback(None)
+    _, b = mg.generate(["happy rock guitar"], return_tokens=True, seed=3)
+    _, c = mg.generate(["happy rock guitar"], return_tokens=True, seed=4)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+    assert seen and seen[-1] == (60, 60) and all(d <= t for d, t in seen)
+
+
+def test_unconditional_shapes(tiny):
+    _, mg = tiny
+    mg.set_generation_params(duration=20 / mg.frame_rate, use_sampling=True, top_k=10, cfg_coef=3.0)
+    wav, tokens = mg.generate_unconditional(2, return_tokens=True, seed=0)
+    assert tokens.shape == (2, 4, 20) and wav.shape == (2, 1, 160)
+
+
+def test_bad_inputs(tiny, tmp_path):
+    _, mg = tiny
+    with pytest.raises(ValueError, match="empty"):
+        mg.generate([])
+    with pytest.raises(TypeError, match="list"):
+        mg.generate("a single string")
+    with pytest.raises(TypeError, match="string"):
+        mg.generate([3])
+    with pytest.raises(ValueError, match="duration"):
+        mg.set_generation_params(duration=0)
+    with pytest.raises(ValueError, match="duration"):
+        mg.set_generation_params(duration=-2.0)
+    with pytest.raises(ValueError, match="NaN"):
+        mg.generate_continuation(np.full((1, 1, 64), np.nan, np.float32), 32000, ["x"])
+    with pytest.raises(ValueError, match="sample_rate"):
+        mg.generate_continuation(np.zeros((1, 1, 64), np.float32), 0, ["x"])
+    with pytest.raises(TypeError):
+        mg.generate_continuation([0.0, 1.0], 32000, ["x"])
+    with pytest.raises(ValueError, match="unknown model name"):
+        MusicGen.from_pretrained("not-a-model")
+    with pytest.raises(FileNotFoundError):
+        MusicGen.from_pretrained(str(tmp_path / "missing") + "/")
+
+
+def test_stereo_greedy_matches_transformers(tmp_path):
+    model = build_reference(tmp_path, stereo=True)
+    mg = MusicGen.from_pretrained(str(tmp_path))
+    assert mg.audio_channels == 2 and mg.config.lm.delays == (0, 0, 1, 1, 2, 2, 3, 3)
+    greedy(mg, 100)
+    wav, tokens = mg.generate(["happy rock guitar"], return_tokens=True)
+    ref_tokens, ref_audio = reference_generate(model, mg, ["happy rock guitar"], 100)
+    np.testing.assert_array_equal(np.asarray(tokens), ref_tokens)
+    assert wav.shape == ref_audio.shape == (1, 2, 800)
+    assert snr_db(ref_audio, np.asarray(wav)) >= 60
+
+
+def test_cli_generate_offline_from_hub_cache(tiny, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    import soundfile as sf
+
+    from musicgen_jax.cli import main
+    from tests.helpers import write_hub_cache
+
+    model, mg = tiny
+    source = tmp_path / "src"
+    model.save_pretrained(source)
+    train_spiece(str(source))
+    write_hub_cache(str(tmp_path / "hub"), "facebook/musicgen-tiny-test", str(source))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out" / "song.wav"
+    args = ["generate", "happy rock guitar", "--model", "facebook/musicgen-tiny-test", "--duration", "0.02",
+            "--seed", "1", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    data, rate = sf.read(out)
+    assert rate == 32000 and data.shape == (80 * 8,)
+    (tmp_path / "prompts.txt").write_text("happy rock guitar\n\nsoft jazz piano\n")
+    assert main(["generate", "--prompts-file", str(tmp_path / "prompts.txt"), "--model",
+                 "facebook/musicgen-tiny-test", "--duration", "0.01", "--out", str(out), "--quiet"]) == 0
+    assert os.path.isfile(tmp_path / "out" / "song_0.wav") and os.path.isfile(tmp_path / "out" / "song_1.wav")
+    assert main(["generate", "x", "--model", "facebook/not-cached", "--out", str(out)]) == 2
+    assert main(["generate", "x", "--model", "facebook/musicgen-tiny-test", "--duration", "-1"]) == 2
