@@ -1,0 +1,249 @@
+"""The MusicGen language model: a pre-norm transformer decoder over K interleaved codebook streams.
+
+    codes [B, K, T] --sum of K embeddings (card + 1 rows each)--> [B, T, dim]
+    (melody) prepend [chroma_proj(chroma), text_proj(text) * mask]          -> [B, P + T, dim]
+    + sinusoidal positions (prefix occupies positions; cached steps continue the count)
+    N x { x += SelfAttn(LN(x)) causal;  x += CrossAttn(LN(x), memory);  x += FFN(LN(x)) }
+    LN -> K bias-free heads -> logits [B, K, T, card] (prefix outputs dropped)
+
+Text conditioning (cross-attention models): memory = text_proj(text) * mask, Linear with bias.
+Padded memory positions are *not* masked in cross-attention (audiocraft, the reference; their keys
+and values are those of a zero vector and still take softmax mass). transformers masks them, so the
+two references agree only when every prompt of the batch has the same token length.
+
+Entry points (one code path, the layers run under `nn.scan`, parameters stacked on a 'layers' axis):
+  * `lm.apply(params, codes, text=..., text_mask=...)`: teacher-forced pass, no cache.
+  * `conds = lm.apply(params, text=..., text_mask=..., chroma=..., method=MusicGenLM.encode_conditions)`
+    once per generation: cross-attention K/V of every layer (`Conditions.cross_kv`, [L, B, S, H, D])
+    or the projected prefix (melody, `Conditions.prefix`).
+  * prefill: `logits, cache = lm.apply(params, codes, conditions=conds, cache=LMCache.zeros(...))`
+    writes the keys/values of all given steps (and of the melody prefix) at `cache.index`;
+  * decode step: the same call with codes [B, K, 1] and `conds.without_prefix()`; positions are offset
+    by `cache.index`. Shapes are static, so the step can live in a `lax.while_loop`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from musicgen_jax.config import LMConfig
+from musicgen_jax.modules.attention import Attention, CrossKV, KVCache
+from musicgen_jax.modules.layers import Dense, LayerNorm, gelu_exact, param_with_axes, sinusoidal_embedding
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class LMCache:
+    """Self-attention cache of all layers. k, v: [L, B, max_len, H, D]; index: [] int32 steps written.
+
+    For melody models the prefix (chroma + text) counts as written steps.
+    """
+
+    k: Array
+    v: Array
+    index: Array
+
+    @classmethod
+    def zeros(cls, config: LMConfig, batch: int, max_length: int, dtype=jnp.float32) -> "LMCache":
+        shape = (config.num_layers, batch, max_length, config.num_heads, config.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+
+
+@flax.struct.dataclass
+class Conditions:
+    """Conditioning computed once per generation.
+
+    cross_kv: cross-attention keys/values of every layer, CrossKV with k, v [L, B, S, H, D]
+      (cross-attention models), else None.
+    prefix: [B, P, dim] embeddings prepended to the codes (melody models: [chroma, text]), else None.
+      Give it to the first call (full pass or prefill) only: use `without_prefix()` for decode steps.
+    """
+
+    cross_kv: CrossKV | None = None
+    prefix: Array | None = None
+
+    def without_prefix(self) -> "Conditions":
+        return self.replace(prefix=None)
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm layer. Called under nn.scan: (x, per-layer inputs) -> (x, per-layer outputs)."""
+
+    config: LMConfig
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        c = self.config
+        attn = dict(features=c.dim, num_heads=c.num_heads, head_dim=c.head_dim, dtype=self.dtype)
+        self.self_attn_norm = LayerNorm(c.layer_norm_eps)
+        self.self_attn = Attention(**attn)
+        if c.cross_attention:
+            self.cross_attn_norm = LayerNorm(c.layer_norm_eps)
+            self.cross_attn = Attention(**attn)
+        self.ffn_norm = LayerNorm(c.layer_norm_eps)
+        self.fc1 = Dense(c.ffn_dim, kernel_axes=("embed", "mlp"), dtype=self.dtype)
+        self.fc2 = Dense(c.dim, kernel_axes=("mlp", "embed"), dtype=self.dtype)
+
+    def __call__(self, x: Array, kv: tuple[Array, Array] | None, cross_kv: CrossKV | None,
+                 memory: Array | None, index: Array | None):
+        """x [B, T, dim]; kv: this layer's cache buffers or None; cross_kv: precomputed or None
+        (then projected from `memory`); index: cache position (shared by all layers)."""
+        cache = None if kv is None else KVCache(kv[0], kv[1], index)
+        h, cache = self.self_attn(self.self_attn_norm(x), cache=cache, causal=True)
+        x = x + h
+        if self.config.cross_attention:
+            if cross_kv is None:
+                if memory is None:
+                    raise ValueError("a cross-attention LM needs text conditioning")
+                cross_kv = self.cross_attn.project_kv(memory)
+            # audiocraft: no mask over padded memory positions (see module doc)
+            h, _ = self.cross_attn(self.cross_attn_norm(x), cross_kv=cross_kv)
+            x = x + h
+        x = x + self.fc2(gelu_exact(self.fc1(self.ffn_norm(x))))
+        return x, (None if cache is None else (cache.k, cache.v))
+
+    def project_cross_kv(self, x: Array, kv, cross_kv, memory: Array, index):
+        """Same signature as __call__ (one nn.scan serves both); returns this layer's CrossKV."""
+        del kv, cross_kv, index
+        return x, self.cross_attn.project_kv(memory)
+
+
+class MusicGenLM(nn.Module):
+    """MusicGen LM. dtype: compute dtype (bf16 fast path); params, norms and logits stay float32."""
+
+    config: LMConfig
+    dtype: Any = jnp.float32
+    remat: bool = False  # rematerialise each layer in the backward pass (training)
+
+    def setup(self):
+        c = self.config
+        self.embeddings = param_with_axes(
+            self, "embeddings", nn.initializers.truncated_normal(c.dim ** -0.5),
+            (c.num_codebooks, c.codebook_size + 1, c.dim), ("codebooks", "vocab", "embed"))
+        if c.cross_attention or c.condition_dim:
+            self.text_proj = Dense(c.dim, kernel_axes=(None, "embed"), use_bias=True, dtype=self.dtype)
+        if c.is_melody:
+            self.chroma_proj = Dense(c.dim, kernel_axes=(None, "embed"), use_bias=True, dtype=self.dtype)
+        layer = DecoderLayer
+        if self.remat:
+            layer = nn.remat(layer, prevent_cse=False)
+        self.layers = nn.scan(
+            layer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, 0, nn.broadcast, nn.broadcast),
+            length=c.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+            methods=["__call__", "project_cross_kv"],
+        )(c, self.dtype, name="layers")
+        self.out_norm = LayerNorm(c.layer_norm_eps)
+        self.heads = param_with_axes(
+            self, "heads", nn.initializers.truncated_normal(c.dim ** -0.5),
+            (c.num_codebooks, c.dim, c.codebook_size), ("codebooks", "embed", "vocab"))
+
+    # -- conditioning -----------------------------------------------------------------------------
+
+    def text_memory(self, text: Array, text_mask: Array | None = None) -> Array:
+        """Projected text [B, S, dim] = (Linear(text) with bias) * mask."""
+        x = self.text_proj(text)
+        if text_mask is not None:
+            x = x * text_mask[..., None].astype(x.dtype)
+        return x
+
+    def _prefix(self, text: Array | None, text_mask: Array | None, chroma: Array | None) -> Array | None:
+        parts = []
+        if chroma is not None:
+            parts.append(self.chroma_proj(chroma.astype(jnp.float32)))
+        if text is not None:
+            parts.append(self.text_memory(text, text_mask))
+        return jnp.concatenate(parts, axis=1) if parts else None
+
+    def encode_conditions(self, text: Array | None = None, text_mask: Array | None = None,
+                          chroma: Array | None = None) -> Conditions:
+        """Once per generation. text [B, S, condition_dim] (T5 output), text_mask [B, S] (1 = token;
+        an all-zero row is the null condition), chroma [B, F, chroma_bins] (melody models)."""
+        if self.config.cross_attention:
+            if text is None:
+                raise ValueError("a cross-attention LM needs text (zeros with an all-zero mask for the null "
+                                 "condition)")
+            memory = self.text_memory(text, text_mask)
+            _, cross_kv = self.layers.project_cross_kv(memory, None, None, memory, None)
+            return Conditions(cross_kv=cross_kv)
+        return Conditions(prefix=self._prefix(text, text_mask, chroma))
+
+    # -- the model --------------------------------------------------------------------------------
+
+    def embed(self, codes: Array) -> Array:
+        """codes [B, K, T] -> summed embeddings [B, T, dim] (compute dtype)."""
+        k = self.config.num_codebooks
+        if codes.shape[1] != k:
+            raise ValueError(f"codes have {codes.shape[1]} codebooks, the LM {k}")
+        table = jnp.asarray(self.embeddings, jnp.float32)
+        x = table[jnp.arange(k)[None, :, None], codes]  # [B, K, T, dim]
+        return x.sum(axis=1).astype(self.dtype)
+
+    def __call__(self, codes: Array, conditions: Conditions | None = None, cache: LMCache | None = None, *,
+                 text: Array | None = None, text_mask: Array | None = None,
+                 chroma: Array | None = None) -> tuple[Array, LMCache | None]:
+        """codes [B, K, T] int -> (logits [B, K, T, card] float32, updated cache or None).
+
+        Conditioning: precomputed `conditions` or raw `text`/`text_mask`/`chroma` (see
+        encode_conditions). With a cache, steps are written at cache.index and positions continue
+        from it.
+        """
+        c = self.config
+        memory = cross_kv = prefix = None
+        if conditions is not None:
+            cross_kv, prefix = conditions.cross_kv, conditions.prefix
+        elif c.cross_attention:
+            if text is None:
+                raise ValueError("a cross-attention LM needs text (zeros with an all-zero mask for the null "
+                                 "condition)")
+            memory = self.text_memory(text, text_mask)
+        else:
+            prefix = self._prefix(text, text_mask, chroma)
+
+        x = self.embed(codes)
+        num_prefix = 0
+        if prefix is not None:
+            num_prefix = prefix.shape[1]
+            x = jnp.concatenate([prefix.astype(self.dtype), x], axis=1)
+        offset = jnp.zeros((), jnp.int32) if cache is None else cache.index
+        positions = offset + jnp.arange(x.shape[1], dtype=jnp.int32)
+        x = x + sinusoidal_embedding(positions, c.dim).astype(self.dtype)[None]
+
+        kv = None if cache is None else (cache.k, cache.v)
+        x, new_kv = self.layers(x, kv, cross_kv, memory, offset)
+        x = self.out_norm(x)[:, num_prefix:]
+        logits = jnp.einsum("btd,kdv->bktv", x.astype(self.dtype), jnp.asarray(self.heads).astype(self.dtype),
+                            preferred_element_type=jnp.float32)
+        if cache is not None:
+            cache = LMCache(new_kv[0], new_kv[1], offset + num_prefix + codes.shape[-1])
+        return logits, cache
+
+
+def dummy_inputs(config: LMConfig, batch: int = 1) -> dict[str, Any]:
+    """Smallest inputs that touch every parameter (for init / eval_shape)."""
+    kwargs: dict[str, Any] = {"codes": jnp.zeros((batch, config.num_codebooks, 1), jnp.int32)}
+    if config.cross_attention or config.condition_dim:
+        kwargs["text"] = jnp.zeros((batch, 1, config.condition_dim), jnp.float32)
+        kwargs["text_mask"] = jnp.ones((batch, 1), jnp.int32)
+    if config.is_melody:
+        kwargs["chroma"] = jnp.zeros((batch, 1, config.chroma_bins), jnp.float32)
+    return kwargs
+
+
+def init_lm(config: LMConfig, rng: Array, dtype=jnp.float32, remat: bool = False) -> Any:
+    """Random (boxed, logically partitioned) variables {'params': ...}."""
+    return MusicGenLM(config, dtype=dtype, remat=remat).init(rng, **dummy_inputs(config))
+
+
+def abstract_lm_params(config: LMConfig) -> Any:
+    """Parameter shapes (ShapeDtypeStruct tree, unboxed) without allocating anything."""
+    variables = jax.eval_shape(lambda: init_lm(config, jax.random.PRNGKey(0)))
+    return nn.meta.unbox(variables)["params"]

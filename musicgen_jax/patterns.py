@@ -1,0 +1,355 @@
+"""Codebook interleaving patterns: how K parallel code streams [B, K, T] become one LM sequence.
+
+A pattern is a static table `layout[q, s]`: the frame index held by codebook q at sequence step s, or
+-1 where that position holds the special token (id = codebook size). Tables depend only on T and the
+pattern's hyper-parameters, so they are built with numpy at trace time and every array operation
+(build, revert, masks) is a jnp gather: jit-friendly with static shapes.
+
+Every pattern starts with one all-special step (step 0), as in audiocraft: the model's input at step
+0 is "special" for every codebook and its output at step s predicts step s + 1.
+
+Delay pattern (MusicGen): with delays d_q, the sequence has S = T + max(d) + 1 steps and codebook q at
+step s holds frame s - 1 - d_q when 0 <= s - 1 - d_q < T, else the special token. Mono models use
+d = [0, 1, ..., K-1] (S = T + K), stereo models d = [0, 0, 1, 1, 2, 2, 3, 3] (S = T + 4).
+
+Other audiocraft patterns are provided for training experiments: parallel (all delays 0), unrolled
+(flattening), coarse-first (VALL-E style) and MusicLM-style grouped flattening.
+
+transformers' `MusicgenForCausalLM.build_delay_pattern_mask` / `apply_delay_pattern_mask` are mirrored by
+`build_delay_pattern_mask` / `apply_delay_pattern_mask` below. Layout difference: transformers' input ids
+already *include* the leading special step (generation starts from one column of
+`decoder_start_token_id` = the special token, prompt frames follow it), while audiocraft's (and our)
+`Pattern.build` takes raw codes and inserts the special step itself. Given
+`ids = [special | prompt frames]` (length 1 + Tp) and `max_length = T + max(d) + 1`, transformers'
+pattern mask equals `prompt_sequence(prompt, T, delays)`: prompt frames in place, the special token
+where no frame can be, -1 where a token is still to be generated.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Pattern:
+    """A static interleaving table.
+
+    layout: [K, S] int, frame index of codebook q at step s (-1: special token there).
+    timesteps: T, the number of frames the pattern was built for.
+    valid_steps: the steps up to which every position is "defined" in audiocraft's sense
+      (`keep_only_valid_steps`): the training input length (T + 1 for the delay pattern).
+    """
+
+    layout: np.ndarray
+    timesteps: int
+    valid_steps: int
+
+    def __post_init__(self):
+        layout = np.asarray(self.layout, dtype=np.int64)
+        if layout.ndim != 2:
+            raise ValueError(f"pattern layout must be [K, S], got shape {layout.shape}")
+        if layout[:, 0].max(initial=-1) != -1:
+            raise ValueError("pattern must start with an all-special step")
+        for q in range(layout.shape[0]):
+            frames = layout[q][layout[q] >= 0]
+            if np.any(np.diff(frames) <= 0):
+                raise ValueError(f"codebook {q}: frames must appear once each, in increasing order")
+        object.__setattr__(self, "layout", layout)
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.layout.shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return self.layout.shape[1]
+
+    def steps(self, valid_only: bool = False) -> int:
+        return self.valid_steps if valid_only else self.num_steps
+
+    def step_of_frame(self) -> np.ndarray:
+        """[K, T] int: the step at which codebook q holds frame t (-1 if it never appears)."""
+        out = np.full((self.num_codebooks, self.timesteps), -1, np.int64)
+        q, s = np.nonzero(self.layout >= 0)
+        out[q, self.layout[q, s]] = s
+        return out
+
+    def sequence_mask(self, valid_only: bool = False) -> np.ndarray:
+        """[K, S] bool: True where the sequence holds a real frame (False: special token)."""
+        return self.layout[:, : self.steps(valid_only)] >= 0
+
+    def build(self, codes: Array, special_token: int, *, valid_only: bool = False) -> Array:
+        """codes [B, K, T] -> sequence [B, K, S] (S = valid_steps when valid_only).
+
+        Entries of `codes` are copied as they are (a -1 "unknown" marker survives, which generation
+        uses); positions with no frame get `special_token`.
+        """
+        b, k, t = codes.shape
+        if (k, t) != (self.num_codebooks, self.timesteps):
+            raise ValueError(f"codes [.., {k}, {t}] do not fit a pattern for K={self.num_codebooks}, "
+                             f"T={self.timesteps}")
+        layout = self.layout[:, : self.steps(valid_only)]
+        idx = jnp.asarray(np.maximum(layout, 0), jnp.int32)
+        vals = jnp.take_along_axis(codes, jnp.broadcast_to(idx[None], (b,) + idx.shape), axis=2)
+        return jnp.where(jnp.asarray(layout >= 0)[None], vals, jnp.asarray(special_token, vals.dtype))
+
+    def revert_mask(self, num_steps: int | None = None) -> np.ndarray:
+        """[K, T] bool: frames present in a sequence of `num_steps` steps (default: all)."""
+        num_steps = self.num_steps if num_steps is None else num_steps
+        step = self.step_of_frame()
+        return (step >= 0) & (step < num_steps)
+
+    def revert(self, sequence: Array, special_token: int) -> Array:
+        """sequence [B, K, S'] (S' <= S, a prefix of the pattern) -> codes [B, K, T].
+
+        Frames not present in the sequence are filled with `special_token`.
+        """
+        b, k, s = sequence.shape
+        if k != self.num_codebooks or s > self.num_steps:
+            raise ValueError(f"sequence [.., {k}, {s}] does not fit a pattern of K={self.num_codebooks}, "
+                             f"S={self.num_steps}")
+        step = self.step_of_frame()
+        ok = (step >= 0) & (step < s)
+        idx = jnp.asarray(np.where(ok, step, 0), jnp.int32)
+        vals = jnp.take_along_axis(sequence, jnp.broadcast_to(idx[None], (b,) + idx.shape), axis=2)
+        return jnp.where(jnp.asarray(ok)[None], vals, jnp.asarray(special_token, vals.dtype))
+
+    def revert_logits(self, logits: Array, fill: float = float("nan"), *,
+                      valid_only: bool = False) -> tuple[Array, np.ndarray]:
+        """Model outputs on the sequence -> per-frame predictions.
+
+        logits [B, K, S', V] where the output at step s predicts the token at step s + 1.
+        Returns ([B, K, T, V] with the logits predicting frame t of codebook q, `fill` where none
+        does; mask [K, T] of the positions that have a prediction). This is what training's
+        cross-entropy uses (audiocraft `revert_pattern_logits`). With valid_only (training on
+        `build(..., valid_only=True)` input), only frames whose step lies inside the valid steps count,
+        as in audiocraft: the output of the last input step is not used.
+        """
+        b, k, s, v = logits.shape
+        step = self.step_of_frame() - 1  # the output one step earlier predicts the frame
+        limit = min(s, self.steps(valid_only) - 1)
+        ok = (step >= 0) & (step < limit)
+        idx = jnp.asarray(np.where(ok, step, 0), jnp.int32)
+        vals = jnp.take_along_axis(logits, jnp.broadcast_to(idx[None, :, :, None], (b, k, idx.shape[1], 1)),
+                                   axis=2)
+        return jnp.where(jnp.asarray(ok)[None, :, :, None], vals, jnp.asarray(fill, vals.dtype)), ok
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pattern constructors
+
+
+def delay_pattern(timesteps: int, delays: Sequence[int]) -> Pattern:
+    """MusicGen's delay pattern: codebook q at step s holds frame s - 1 - delays[q]."""
+    d = np.asarray(delays, np.int64)
+    if d.ndim != 1 or d.size == 0 or np.any(d < 0) or np.any(np.diff(d) < 0):
+        raise ValueError(f"delays must be a non-empty non-decreasing list of non-negative ints, got {delays}")
+    steps = timesteps + int(d.max()) + 1
+    frame = np.arange(steps)[None, :] - 1 - d[:, None]
+    layout = np.where((frame >= 0) & (frame < timesteps), frame, -1)
+    # audiocraft's "valid steps": the layout minus its trailing (max_delay) steps, where
+    # max_delay = max(d) - min(d) counts the out-of-range coordinates of its layout.
+    return Pattern(layout, timesteps, steps - int(d.max() - d.min()))
+
+
+def parallel_pattern(timesteps: int, num_codebooks: int) -> Pattern:
+    """All codebooks of a frame at the same step (the delay pattern with zero delays)."""
+    return delay_pattern(timesteps, [0] * num_codebooks)
+
+
+def _from_coords(coords: list[list[tuple[int, int]]], timesteps: int, num_codebooks: int) -> Pattern:
+    """Layout from a list of steps, each a list of (frame, codebook); frames >= T become special.
+
+    valid_steps follows audiocraft: drop as many trailing steps as the largest frame index past T.
+    """
+    layout = np.full((num_codebooks, len(coords)), -1, np.int64)
+    max_frame = 0
+    for s, step in enumerate(coords):
+        for t, q in step:
+            max_frame = max(max_frame, t + 1)
+            if t < timesteps:
+                if layout[q, s] != -1:
+                    raise ValueError(f"codebook {q} appears twice at step {s}")
+                layout[q, s] = t
+    return Pattern(layout, timesteps, len(coords) - (max_frame - timesteps))
+
+
+def unrolled_pattern(timesteps: int, num_codebooks: int, flattening: Sequence[int] | None = None,
+                     delays: Sequence[int] | None = None) -> Pattern:
+    """Flattening: each frame spans several steps; `flattening[q]` is codebook q's inner step.
+
+    Default flattening range(K): one codebook per step, K steps per frame (plus the leading special
+    step). Codebooks sharing an inner step must share a delay. Same layout as audiocraft's
+    UnrolledPatternProvider.
+    """
+    flattening = list(range(num_codebooks)) if flattening is None else list(flattening)
+    delays = [0] * num_codebooks if delays is None else list(delays)
+    if len(flattening) != num_codebooks or len(delays) != num_codebooks:
+        raise ValueError("flattening and delays need one entry per codebook")
+    if flattening != sorted(flattening) or delays != sorted(delays):
+        raise ValueError("flattening and delays must be non-decreasing")
+    groups: dict[int, tuple[list[int], int]] = {}
+    for q, (inner, delay) in enumerate(zip(flattening, delays)):
+        if inner in groups:
+            if groups[inner][1] != delay:
+                raise ValueError("codebooks flattened to the same inner step must have the same delay")
+            groups[inner][0].append(q)
+        else:
+            groups[inner] = ([q], delay)
+    inner_steps = max(groups) + 1
+    horizon = timesteps + max(delays)
+    keyed: list[tuple[int, list[tuple[int, int]]]] = [(-1, [])]
+    for t in range(horizon):
+        for inner in range(inner_steps):
+            if inner in groups:
+                qs, delay = groups[inner]
+                if t + delay < horizon:
+                    keyed.append((t + delay, [(t, q) for q in qs]))
+            else:
+                keyed.append((t, []))
+    keyed.sort()  # by emission time, ties broken by the coordinates themselves (as audiocraft)
+    return _from_coords([c for _, c in keyed], timesteps, num_codebooks)
+
+
+def coarse_first_pattern(timesteps: int, num_codebooks: int, delays: Sequence[int] | None = None) -> Pattern:
+    """All frames of codebook 0 first, then codebooks 1..K-1 (with optional delays among them)."""
+    delays = [0] * (num_codebooks - 1) if delays is None else list(delays)
+    if len(delays) != num_codebooks - 1 or delays != sorted(delays):
+        raise ValueError("coarse-first needs K-1 non-decreasing delays")
+    coords: list[list[tuple[int, int]]] = [[]]
+    coords += [[(t, 0)] for t in range(timesteps)]
+    for t in range(timesteps + max(delays, default=0)):
+        coords.append([(t - d, q + 1) for q, d in enumerate(delays) if t - d >= 0])
+    return _from_coords(coords, timesteps, num_codebooks)
+
+
+def musiclm_pattern(timesteps: int, num_codebooks: int, group_by: int = 2) -> Pattern:
+    """Flattening by groups of codebooks: all frames of group 0 (interleaved), then group 1, ..."""
+    coords: list[list[tuple[int, int]]] = [[]]
+    for offset in range(0, num_codebooks, group_by):
+        for t in range(timesteps):
+            coords += [[(t, q)] for q in range(offset, min(offset + group_by, num_codebooks))]
+    return _from_coords(coords, timesteps, num_codebooks)
+
+
+def get_pattern(name: str, timesteps: int, num_codebooks: int, **kwargs) -> Pattern:
+    """By audiocraft's `codebooks_pattern.modeling` name: delay, parallel, unroll, coarse_first, music_lm."""
+    if name == "delay":
+        return delay_pattern(timesteps, kwargs.get("delays") or list(range(num_codebooks)))
+    if name == "parallel":
+        return parallel_pattern(timesteps, num_codebooks)
+    if name == "unroll":
+        return unrolled_pattern(timesteps, num_codebooks, kwargs.get("flattening"), kwargs.get("delays"))
+    if name == "coarse_first":
+        return coarse_first_pattern(timesteps, num_codebooks, kwargs.get("delays"))
+    if name == "music_lm":
+        return musiclm_pattern(timesteps, num_codebooks, kwargs.get("group_by", 2))
+    raise ValueError(f"unknown codebook pattern {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Delay-pattern helpers for training and generation (closed forms, no tables needed)
+
+
+def delay_steps(timesteps: int, delays: Sequence[int]) -> int:
+    """Length of the delayed sequence for T frames: T + max(delays) + 1."""
+    return timesteps + max(delays) + 1
+
+
+def delay_sequence_mask(num_steps: int, timesteps: int, delays: Sequence[int]) -> Array:
+    """[K, num_steps] bool: where the delayed sequence of T frames holds a frame (not special)."""
+    frame = jnp.arange(num_steps)[None, :] - 1 - jnp.asarray(delays)[:, None]
+    return (frame >= 0) & (frame < timesteps)
+
+
+def build_delay_sequence(codes: Array, delays: Sequence[int], special_token: int,
+                         *, valid_only: bool = False) -> Array:
+    """codes [B, K, T] -> delayed sequence [B, K, T + max(d) + 1] (T + 1 steps when valid_only)."""
+    return delay_pattern(codes.shape[-1], delays).build(codes, special_token, valid_only=valid_only)
+
+
+def revert_delay_sequence(sequence: Array, timesteps: int, delays: Sequence[int], special_token: int) -> Array:
+    """Delayed sequence [B, K, S'] -> codes [B, K, T]; frames missing from it become special."""
+    return delay_pattern(timesteps, delays).revert(sequence, special_token)
+
+
+def prompt_sequence(prompt: Array, total_frames: int, delays: Sequence[int], special_token: int,
+                    unknown: int = -1) -> Array:
+    """The generation buffer: [B, K, total_frames + max(d) + 1].
+
+    prompt [B, K, Tp] (Tp may be 0) frames are placed by the delay pattern, positions that hold no
+    frame are `special_token`, positions still to be generated are `unknown`. A decode step writes its
+    sampled token only where the buffer is `unknown`, so prompt tokens and specials are never
+    overwritten (audiocraft's generate loop; equal to transformers' pattern mask, see module doc).
+    """
+    prompt = jnp.asarray(prompt)
+    b, k, tp = prompt.shape
+    if tp > total_frames:
+        raise ValueError(f"prompt has {tp} frames, more than the {total_frames} to generate")
+    codes = jnp.concatenate([prompt, jnp.full((b, k, total_frames - tp), unknown, prompt.dtype)], axis=-1)
+    return build_delay_sequence(codes, delays, special_token)
+
+
+# ---------------------------------------------------------------------------------------------------
+# transformers' generation helpers, same semantics (our arrays are [B, K, L], theirs [B*K, L])
+
+
+def _hf_pattern_positions(num_steps: int, delays: Sequence[int]) -> np.ndarray:
+    """[K, num_steps] bool: True where transformers forces the pad (special) token."""
+    d = np.asarray(delays)[:, None]
+    period = int(max(delays)) + 1  # transformers: num_codebooks (mono) or num_codebooks // 2 (stereo)
+    j = np.arange(num_steps)[None, :]
+    return (j <= d) | (j >= d + num_steps - period + 1)
+
+
+def hf_delays(num_codebooks: int, audio_channels: int = 1) -> list[int]:
+    """The delays transformers implies: range(K) for mono, [0, 0, 1, 1, ...] for stereo."""
+    return [q // audio_channels for q in range(num_codebooks)]
+
+
+def build_delay_pattern_mask(input_ids: Array, pad_token_id: int, max_length: int,
+                             delays: Sequence[int]) -> tuple[Array, Array]:
+    """transformers' `build_delay_pattern_mask`, for any non-decreasing delays starting at 0.
+
+    input_ids [B, K, L]: in transformers' layout, i.e. starting with the special (BOS) column.
+    Returns (input_ids [B, K, L'] = the first L' steps of the mask, where L' is the first step that
+    still needs generating (L for ordinary inputs); pattern_mask [B, K, max_length] with -1 at
+    positions to be generated, `pad_token_id` at positions that can hold no frame, and the prompt
+    elsewhere). As in transformers, when max_length < 2 * (max(d) + 1) - 1 the ids come back
+    unchanged and the mask is all -1. Static shapes: jit-friendly.
+    """
+    input_ids = jnp.asarray(input_ids)
+    b, k, length = input_ids.shape
+    if len(delays) != k:
+        raise ValueError(f"{len(delays)} delays for {k} codebooks")
+    period = int(max(delays)) + 1
+    if max_length < 2 * period - 1:
+        return input_ids, jnp.full((b, k, max_length), -1, input_ids.dtype)
+    if length + max(delays) > max_length:
+        raise ValueError(f"{length} input steps + delay {max(delays)} exceed max_length {max_length}")
+    d = np.asarray(delays)
+    j = np.arange(max_length)
+    src = j[None, :] - d[:, None]  # [K, max_length]: input step copied to position j
+    filled = (src >= 0) & (src < length)
+    vals = jnp.take_along_axis(
+        input_ids, jnp.broadcast_to(jnp.asarray(np.clip(src, 0, length - 1), jnp.int32)[None], (b, k, max_length)),
+        axis=2)
+    shifted = jnp.where(jnp.asarray(filled)[None], vals, jnp.asarray(-1, input_ids.dtype))
+    pad = _hf_pattern_positions(max_length, delays)
+    mask = jnp.where(jnp.asarray(pad)[None], jnp.asarray(pad_token_id, input_ids.dtype), shifted)
+    # first position of codebook 0 still to generate (static: depends on shapes only)
+    todo = ~pad[0] & ~filled[0]
+    first = int(np.argmax(todo)) if todo.any() else length
+    return mask[..., :first], mask
+
+
+def apply_delay_pattern_mask(input_ids: Array, pattern_mask: Array) -> Array:
+    """transformers' `apply_delay_pattern_mask`: keep ids where the mask is -1, else take the mask."""
+    mask = pattern_mask[..., : input_ids.shape[-1]]
+    return jnp.where(mask == -1, input_ids, mask)
