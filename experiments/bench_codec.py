@@ -41,12 +41,11 @@ def main(argv=None) -> int:
     from transformers import EncodecConfig, EncodecModel
 
     from musicgen_jax.codec import CompressionModel
+    from musicgen_jax.testing import ENCODEC_32KHZ
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = EncodecConfig(sampling_rate=32000, audio_channels=1, num_filters=64, upsampling_ratios=[8, 5, 4, 4],
-                           hidden_size=128, codebook_size=2048, target_bandwidths=[2.2], use_causal_conv=False,
-                           use_conv_shortcut=False, pad_mode="reflect", normalize=False, chunk_length_s=None)
+    config = EncodecConfig(**ENCODEC_32KHZ)
     torch.manual_seed(0)
     reference = EncodecModel(config).eval()
     with torch.no_grad():

@@ -16,15 +16,13 @@ from musicgen_jax.codec import CompressionModel
 from musicgen_jax.convert.common import CheckpointError
 from musicgen_jax.convert.encodec import (encodec_config_from_hf, encodec_params_from_state_dict,
                                           load_encodec)
-from tests.helpers import legacy_weight_norm_names, snr_db, write_hub_cache
+from musicgen_jax.testing import ENCODEC_32KHZ, put_in_hub_cache
+from tests.helpers import legacy_weight_norm_names, snr_db
 
 TINY = dict(sampling_rate=32000, audio_channels=1, num_filters=4, upsampling_ratios=[4, 2], hidden_size=8,
             codebook_size=32, target_bandwidths=[80.0], use_causal_conv=False, use_conv_shortcut=False,
             pad_mode="reflect", normalize=False, chunk_length_s=None)
-# facebook/encodec_32khz, the codec of every MusicGen model
-REAL_32K = dict(sampling_rate=32000, audio_channels=1, num_filters=64, upsampling_ratios=[8, 5, 4, 4],
-                hidden_size=128, codebook_size=2048, target_bandwidths=[2.2], use_causal_conv=False,
-                use_conv_shortcut=False, pad_mode="reflect", normalize=False, chunk_length_s=None)
+REAL_32K = ENCODEC_32KHZ  # facebook/encodec_32khz, the codec of every MusicGen model
 
 
 def build_reference(hf_kwargs: dict, seed: int = 0) -> EncodecModel:
@@ -172,7 +170,7 @@ def test_audiocraft_trained_codec(tiny_dir, tmp_path):
 def test_audiocraft_pointer_resolves_through_hub_cache(tiny_dir, tmp_path, monkeypatch):
     path, reference = tiny_dir
     cache = tmp_path / "hub"
-    write_hub_cache(str(cache), "facebook/encodec_32khz", path)
+    put_in_hub_cache(str(cache), "facebook/encodec_32khz", path)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.save({"pretrained": "facebook/encodec_32khz", "exported": True, "version": "1.3.0"},

@@ -10,7 +10,7 @@ import torch
 from musicgen_jax.musicgen import MusicGen
 from tests.helpers import snr_db
 from tests.lm_fixtures import widen_
-from tests.t5_fixtures import train_spiece
+from musicgen_jax.testing import train_spiece
 
 PROMPTS_SAME_LENGTH = ["happy rock guitar", "happy jazz piano"]  # 13 tokens each
 PROMPTS_UNEQUAL = ["happy rock guitar", "soft jazz piano"]  # 13 and 8 tokens
@@ -265,13 +265,12 @@ def test_cli_generate_offline_from_hub_cache(tiny, tmp_path, monkeypatch):
     import soundfile as sf
 
     from musicgen_jax.cli import main
-    from tests.helpers import write_hub_cache
 
     model, mg = tiny
     source = tmp_path / "src"
     model.save_pretrained(source)
     train_spiece(str(source))
-    write_hub_cache(str(tmp_path / "hub"), "facebook/musicgen-tiny-test", str(source))
+    put_in_hub_cache(str(tmp_path / "hub"), "facebook/musicgen-tiny-test", str(source))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "out" / "song.wav"

@@ -1,0 +1,105 @@
+"""Generation speed: musicgen-jax vs transformers' MusicgenForConditionalGeneration.generate, one run.
+
+    python experiments/bench_generate.py --frames 100 --batch 1 8
+
+Both load the same random-weight checkpoint with a preset's real shapes (default musicgen-small:
+T5-base, EnCodec 32 kHz, 1024-wide 24-layer decoder), decode greedily with classifier-free guidance
+(cfg 3) for the same number of frames and prompts, and include text encoding and audio decoding.
+Our first call compiles; the timed call is the next one (compile time is printed separately).
+On a CPU, a batch-1 step is memory-bound: the script also measures memory bandwidth and prints the
+step-time floor `decoder weight bytes / bandwidth` beside the measured ms/step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+PROMPT = "lofi hip hop with a mellow piano"
+
+
+def memory_bandwidth_gbs(size_mb: int = 512, repeats: int = 5) -> float:
+    """Copy bandwidth (read + write bytes / s) of a large numpy array: a rough STREAM-like figure."""
+    src = np.ones(size_mb * 2 ** 20 // 4, np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.nbytes / best / 1e9
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="musicgen-small", help="preset whose shapes to use")
+    parser.add_argument("--frames", type=int, default=100, help="frames to generate (50 per second)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="our compute dtype")
+    parser.add_argument("--skip-torch", action="store_true", help="time ours only")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from musicgen_jax.musicgen import MusicGen
+    from musicgen_jax.testing import save_random_musicgen
+
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = save_random_musicgen(tmp, args.model)
+        ours = MusicGen.from_pretrained(tmp, dtype=jnp.dtype(args.dtype))
+    lm = ours.config.lm
+    steps = args.frames + max(lm.delays)  # model calls after the first: T + K - 1 in all
+    ours.set_generation_params(duration=args.frames / ours.frame_rate, use_sampling=False, cfg_coef=3.0)
+    weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(ours.lm_params))
+    bandwidth = memory_bandwidth_gbs() if jax.default_backend() == "cpu" else None
+
+    rows = []
+    for batch in args.batch:
+        prompts = [PROMPT] * batch
+        start = time.perf_counter()
+        jax.block_until_ready(ours.generate(prompts, seed=0))
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        wav, tokens = ours.generate(prompts, return_tokens=True, seed=0)
+        jax.block_until_ready(wav)
+        t_ours = time.perf_counter() - start
+        row = {"batch": batch, "frames": args.frames, "jax_s": t_ours, "jax_ms_per_step": 1e3 * t_ours / (steps + 1),
+               "jax_compile_s": first - t_ours}
+        if not args.skip_torch:
+            ids = ours.tokenizer(prompts)
+            with torch.inference_mode():
+                start = time.perf_counter()
+                reference.generate(input_ids=torch.from_numpy(np.asarray(ids.ids)).long(),
+                                   attention_mask=torch.from_numpy(np.asarray(ids.mask)).long(),
+                                   do_sample=False, guidance_scale=3.0, max_new_tokens=steps)
+                t_torch = time.perf_counter() - start
+            row.update(torch_s=t_torch, torch_ms_per_step=1e3 * t_torch / (steps + 1), speedup=t_torch / t_ours)
+        rows.append(row)
+
+    device = jax.devices()[0].device_kind
+    print(f"{args.model} shapes, {args.frames} frames ({args.frames / ours.frame_rate:g} s), greedy, cfg 3, "
+          f"{jax.default_backend()} ({device}), ours in {args.dtype}")
+    print(f"decoder weights: {weight_bytes / 1e9:.2f} GB"
+          + (f"; memory bandwidth {bandwidth:.1f} GB/s -> floor {1e3 * weight_bytes / (bandwidth * 1e9):.0f} ms/step"
+             if bandwidth else ""))
+    for r in rows:
+        line = f"  batch {r['batch']}: ours {r['jax_s']:.2f} s ({r['jax_ms_per_step']:.1f} ms/step, compile {r['jax_compile_s']:.1f} s)"
+        if "torch_s" in r:
+            line += f" | transformers {r['torch_s']:.2f} s ({r['torch_ms_per_step']:.1f} ms/step) | {r['speedup']:.2f}x"
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "device": device, "backend": jax.default_backend(), "dtype": args.dtype,
+                       "weight_bytes": weight_bytes, "bandwidth_gbs": bandwidth, "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
