@@ -10,7 +10,7 @@ import torch
 from musicgen_jax.musicgen import MusicGen
 from tests.helpers import snr_db
 from tests.lm_fixtures import widen_
-from musicgen_jax.testing import train_spiece
+from musicgen_jax.testing import put_in_hub_cache, train_spiece
 
 PROMPTS_SAME_LENGTH = ["happy rock guitar", "happy jazz piano"]  # 13 tokens each
 PROMPTS_UNEQUAL = ["happy rock guitar", "soft jazz piano"]  # 13 and 8 tokens
