@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from musicgen_jax.modules.layers import Dense, default_kernel_init
+from musicgen_jax.modules.layers import Dense
 
 Array = jax.Array
 
@@ -73,7 +73,7 @@ class Attention(nn.Module):
     head_dim: int
     scale_queries: bool = True
     dtype: Any = jnp.float32
-    kernel_init: Any = default_kernel_init
+    kernel_init: Any = None  # None: Dense's fan-in aware default
 
     def setup(self):
         qkv = dict(features=(self.num_heads, self.head_dim), kernel_axes=("embed", "heads", "kv"),

@@ -15,7 +15,12 @@ import jax.numpy as jnp
 Array = jax.Array
 Dtype = Any
 
-default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+def default_kernel_init(num_in_axes: int = 1, num_out_axes: int = 1):
+    """LeCun-normal over a kernel whose first `num_in_axes` dims are contracted (fan-in = their
+    product) and whose last `num_out_axes` dims are outputs, e.g. [embed, heads, kv] or [heads, kv, embed]."""
+    return nn.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal", in_axis=tuple(range(num_in_axes)),
+        out_axis=tuple(range(num_in_axes, num_in_axes + num_out_axes)))
 
 
 def param_with_axes(module: nn.Module, name: str, init, shape, axes: Sequence[str], dtype=jnp.float32):
@@ -35,7 +40,7 @@ class Dense(nn.Module):
     axis: int | tuple[int, ...] = -1
     use_bias: bool = False
     dtype: Dtype = jnp.float32
-    kernel_init: Any = default_kernel_init
+    kernel_init: Any = None  # default: LeCun normal with the fan-in of all contracted axes
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -43,7 +48,8 @@ class Dense(nn.Module):
         axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
         axis = tuple(a % x.ndim for a in axis)
         in_shape = tuple(x.shape[a] for a in axis)
-        kernel = param_with_axes(self, "kernel", self.kernel_init, in_shape + features, self.kernel_axes)
+        init = self.kernel_init or default_kernel_init(len(axis), len(features))
+        kernel = param_with_axes(self, "kernel", init, in_shape + features, self.kernel_axes)
         x = x.astype(self.dtype)
         contract = tuple(range(len(axis)))
         y = jax.lax.dot_general(x, kernel.astype(self.dtype), ((axis, contract), ((), ())))
