@@ -73,7 +73,7 @@ def _model_logits(lm: MusicGenLM, params, tokens: Array, conditions: Conditions,
 
 
 def _batch_axis(x: Array) -> int:
-    """Cross-attention K/V are stacked over layers ([L, B, ...]); prefixes are [B, ...]."""
+    """Scanned cross-attention K/V are [L, B, S, H, D]; per-layer K/V and prefixes lead with B."""
     return 1 if x.ndim == 5 else 0
 
 
@@ -85,10 +85,12 @@ def _write_step(buffer: Array, step: Array, tokens: Array) -> Array:
 
 
 def init_caches(lm: MusicGenLM, batch: int, length: int, settings: DecodeSettings, dtype=jnp.float32):
-    rows = 2 * batch if settings.use_cfg and not settings.two_step_cfg else batch
-    cache = LMCache.zeros(lm.config, rows, length, dtype)
-    return (cache, LMCache.zeros(lm.config, batch, length, dtype)) if settings.two_step_cfg and settings.use_cfg \
-        else cache
+    def zeros(rows):
+        return LMCache.zeros(lm.config, rows, length, dtype, stacked=lm.scan_layers)
+
+    if settings.use_cfg and settings.two_step_cfg:
+        return zeros(batch), zeros(batch)
+    return zeros(2 * batch if settings.use_cfg else batch)
 
 
 def _set_index(cache, index: Array):

@@ -21,7 +21,7 @@ from musicgen_jax import hub
 from musicgen_jax.codec import CompressionModel
 from musicgen_jax.config import MusicGenConfig, T5Config
 from musicgen_jax.generate import DecodeSettings, decode_jit
-from musicgen_jax.modules.lm import MusicGenLM
+from musicgen_jax.modules.lm import MusicGenLM, unstack_layers
 from musicgen_jax.modules.t5 import T5Encoder
 from musicgen_jax.patterns import prompt_sequence, revert_delay_sequence
 from musicgen_jax.sampling import SamplingParams
@@ -63,8 +63,9 @@ class MusicGen:
                  compression_model: CompressionModel, *, dtype=jnp.float32,
                  generation_params: GenerationParams | None = None):
         self.config = config
-        self.lm = MusicGenLM(config.lm, dtype=dtype)
-        self.lm_params = jax.tree.map(jnp.asarray, lm_params)
+        # Inference layout: one module per layer (see MusicGenLM.scan_layers); converters give stacked params.
+        self.lm = MusicGenLM(config.lm, dtype=dtype, scan_layers=False)
+        self.lm_params = jax.tree.map(jnp.asarray, unstack_layers(lm_params, config.lm.num_layers))
         self.t5 = T5Encoder(config.t5, dtype=dtype)
         self.t5_params = jax.tree.map(jnp.asarray, t5_params)
         self.tokenizer = tokenizer
@@ -286,7 +287,8 @@ class MusicGen:
     def _generate_window(self, conditions, prompt_tokens, frames: int, key, reporter, offset: int) -> jax.Array:
         """One window of `frames` frames (prompt included) -> codes [B, K, frames]."""
         c = self.config.lm
-        batch = conditions.cross_kv.k.shape[1] if conditions.cross_kv is not None else conditions.prefix.shape[0]
+        batch = jax.tree.leaves(conditions.cross_kv)[0].shape[0] if conditions.cross_kv is not None \
+            else conditions.prefix.shape[0]
         batch //= 2 if self.generation_params.cfg_coef != 1.0 else 1
         if prompt_tokens is None:
             prompt_tokens = jnp.zeros((batch, c.num_codebooks, 0), jnp.int32)

@@ -16,7 +16,7 @@ from musicgen_jax.config import PRESETS, LMConfig, preset, tiny
 from musicgen_jax.convert.common import CheckpointError
 from musicgen_jax.convert.lm import (lm_config_from_audiocraft, lm_config_from_hf, lm_params_from_transformers,
                                      load_audiocraft_lm, load_transformers_lm)
-from musicgen_jax.modules.lm import LMCache, MusicGenLM, abstract_lm_params, init_lm
+from musicgen_jax.modules.lm import LMCache, MusicGenLM, abstract_lm_params, init_lm, stack_layers, unstack_layers
 from tests.lm_fixtures import (TEXT_DIM, audiocraft_xp_cfg, delayed_codes, hf_state_numpy, make_hf_model,
                                save_audiocraft)
 
@@ -258,22 +258,27 @@ def test_lm_config_from_hf_shapes():
 
 
 @pytest.mark.parametrize("kind", ["mono", "melody"])
-def test_cached_decode_matches_full_pass(kind):
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_cached_decode_matches_full_pass(kind, scan_layers):
+    """Prefill + one step at a time == the scanned full pass, in both param layouts."""
     config = _tiny_lm(kind=kind)
     params = random_params(config, 0)
-    lm = MusicGenLM(config)
+    lm = MusicGenLM(config, scan_layers=scan_layers)
     rng = np.random.default_rng(7)
     seq, text, mask = _batch(rng, config, frames=5)
     text, mask = jnp.asarray(text), jnp.asarray(mask)
     chroma = jnp.asarray(rng.random((4, 3, 12)), jnp.float32) if config.is_melody else None
     full = ours(config, params, seq, text, mask, chroma)
 
+    if not scan_layers:
+        params = unstack_layers(params, config.num_layers)
+        assert "layers" not in params and f"layers_{config.num_layers - 1}" in params
     conds = jax.jit(functools.partial(lm.apply, method=MusicGenLM.encode_conditions))(
         {"params": params}, text=text, text_mask=mask, chroma=chroma)
     prefix = 0 if conds.prefix is None else conds.prefix.shape[1]
     step = jax.jit(lambda p, codes, conds, cache: lm.apply({"params": p}, codes, conditions=conds, cache=cache))
     s, n = seq.shape[-1], 3
-    cache = LMCache.zeros(config, 4, prefix + s + 2)  # a longer buffer than needed is fine
+    cache = LMCache.zeros(config, 4, prefix + s + 2, stacked=scan_layers)  # a longer buffer is fine
     logits, cache = step(params, jnp.asarray(seq[..., :n]), conds, cache)
     outs = [np.asarray(logits)]
     for t in range(n, s):
@@ -353,3 +358,12 @@ def test_every_param_has_logical_axes(name):
         names = tuple(box.names)
         assert len(names) == len(shapes[path].shape) and set(names) <= allowed, (path, names)
         assert (names[0] == "layers") == (path[0] == "layers"), (path, names)
+
+
+def test_stack_unstack_layers_round_trip():
+    config = _tiny_lm(kind="mono")
+    params = random_params(config, 1)
+    back = stack_layers(unstack_layers(params, config.num_layers), config.num_layers)
+    assert jax.tree.structure(back) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

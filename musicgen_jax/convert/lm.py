@@ -234,7 +234,8 @@ def _assemble(config: LMConfig, fetch: Fetch) -> dict[tuple[str, ...], np.ndarra
 
     flat: dict[tuple[str, ...], np.ndarray | None] = {
         ("embeddings",): stack(fetch("emb", q) for q in range(c.num_codebooks)),
-        ("heads",): stack(t(fetch("head", q)) for q in range(c.num_codebooks)),
+        ("heads",): None if (hs := stack(t(fetch("head", q)) for q in range(c.num_codebooks))) is None
+        else hs.transpose(1, 0, 2),  # [dim, K, card]
         ("out_norm", "scale"): fetch("out_norm", "weight"),
         ("out_norm", "bias"): fetch("out_norm", "bias"),
         ("text_proj", "kernel"): t(fetch("text_proj", "weight")),

@@ -39,19 +39,27 @@ Array = jax.Array
 
 @flax.struct.dataclass
 class LMCache:
-    """Self-attention cache of all layers. k, v: [L, B, max_len, H, D]; index: [] int32 steps written.
+    """Self-attention cache of all layers; index: [] int32 steps written.
 
-    For melody models the prefix (chroma + text) counts as written steps.
+    k, v: one array [L, B, max_len, H, D] for the scanned model (`scan_layers=True`), or a tuple of L
+    arrays [B, max_len, H, D] for the unrolled one, whose per-layer buffers update in place inside a
+    decode loop. For melody models the prefix (chroma + text) counts as written steps.
     """
 
-    k: Array
-    v: Array
+    k: Any
+    v: Any
     index: Array
 
     @classmethod
-    def zeros(cls, config: LMConfig, batch: int, max_length: int, dtype=jnp.float32) -> "LMCache":
-        shape = (config.num_layers, batch, max_length, config.num_heads, config.head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+    def zeros(cls, config: LMConfig, batch: int, max_length: int, dtype=jnp.float32,
+              stacked: bool = True) -> "LMCache":
+        shape = (batch, max_length, config.num_heads, config.head_dim)
+        if stacked:
+            shape = (config.num_layers, *shape)
+            return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+        k = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+        v = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+        return cls(k, v, jnp.zeros((), jnp.int32))
 
 
 @flax.struct.dataclass
@@ -59,7 +67,7 @@ class Conditions:
     """Conditioning computed once per generation.
 
     cross_kv: cross-attention keys/values of every layer, CrossKV with k, v [L, B, S, H, D]
-      (cross-attention models), else None.
+      (scanned model) or tuples of L arrays [B, S, H, D] (unrolled), for cross-attention models.
     prefix: [B, P, dim] embeddings prepended to the codes (melody models: [chroma, text]), else None.
       Give it to the first call (full pass or prefill) only: use `without_prefix()` for decode steps.
     """
@@ -114,11 +122,18 @@ class DecoderLayer(nn.Module):
 
 
 class MusicGenLM(nn.Module):
-    """MusicGen LM. dtype: compute dtype (bf16 fast path); params, norms and logits stay float32."""
+    """MusicGen LM. dtype: compute dtype (bf16 fast path); params, norms and logits stay float32.
+
+    scan_layers: layers under nn.scan with params stacked on a leading 'layers' axis (fast compiles;
+    training). False: one module per layer (`layers_0` ...), the inference layout: slicing stacked
+    weights inside a step costs XLA a copy of every weight, tripling a memory-bound decode step's
+    traffic. `unstack_layers` / `stack_layers` convert between the two param layouts.
+    """
 
     config: LMConfig
     dtype: Any = jnp.float32
     remat: bool = False  # rematerialise each layer in the backward pass (training)
+    scan_layers: bool = True
 
     def setup(self):
         c = self.config
@@ -132,6 +147,9 @@ class MusicGenLM(nn.Module):
         layer = DecoderLayer
         if self.remat:
             layer = nn.remat(layer, prevent_cse=False)
+        if not self.scan_layers:
+            self.layer_list = [layer(c, self.dtype, name=f"layers_{i}") for i in range(c.num_layers)]
+            return self._setup_head()
         self.layers = nn.scan(
             layer,
             variable_axes={"params": 0},
@@ -141,10 +159,34 @@ class MusicGenLM(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
             methods=["__call__", "project_cross_kv"],
         )(c, self.dtype, name="layers")
+        self._setup_head()
+
+    def _setup_head(self):
+        c = self.config
         self.out_norm = LayerNorm(c.layer_norm_eps)
-        self.heads = param_with_axes(
+        self.heads = param_with_axes(  # [dim, K, card]: one GEMM for all codebooks, no transpose
             self, "heads", nn.initializers.truncated_normal(c.dim ** -0.5),
-            (c.num_codebooks, c.dim, c.codebook_size), ("codebooks", "embed", "vocab"))
+            (c.dim, c.num_codebooks, c.codebook_size), ("embed", "codebooks", "vocab"))
+
+    def _run_layers(self, x: Array, kv, cross_kv: CrossKV | None, memory: Array | None, offset: Array):
+        """All layers; kv / cross_kv / returned kv follow the layout of `scan_layers`."""
+        if self.scan_layers:
+            return self.layers(x, kv, cross_kv, memory, offset)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layer_list):
+            layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+            layer_cross = None if cross_kv is None else CrossKV(cross_kv.k[i], cross_kv.v[i])
+            x, out_kv = layer(x, layer_kv, layer_cross, memory, offset)
+            if out_kv is not None:
+                new_k.append(out_kv[0])
+                new_v.append(out_kv[1])
+        return x, (tuple(new_k), tuple(new_v)) if kv is not None else None
+
+    def _project_cross_kv(self, memory: Array) -> CrossKV:
+        if self.scan_layers:
+            return self.layers.project_cross_kv(memory, None, None, memory, None)[1]
+        kvs = [layer.project_cross_kv(memory, None, None, memory, None)[1] for layer in self.layer_list]
+        return CrossKV(tuple(kv.k for kv in kvs), tuple(kv.v for kv in kvs))
 
     # -- conditioning -----------------------------------------------------------------------------
 
@@ -172,8 +214,7 @@ class MusicGenLM(nn.Module):
                 raise ValueError("a cross-attention LM needs text (zeros with an all-zero mask for the null "
                                  "condition)")
             memory = self.text_memory(text, text_mask)
-            _, cross_kv = self.layers.project_cross_kv(memory, None, None, memory, None)
-            return Conditions(cross_kv=cross_kv)
+            return Conditions(cross_kv=self._project_cross_kv(memory))
         return Conditions(prefix=self._prefix(text, text_mask, chroma))
 
     # -- the model --------------------------------------------------------------------------------
@@ -218,9 +259,9 @@ class MusicGenLM(nn.Module):
         x = x + sinusoidal_embedding(positions, c.dim).astype(self.dtype)[None]
 
         kv = None if cache is None else (cache.k, cache.v)
-        x, new_kv = self.layers(x, kv, cross_kv, memory, offset)
+        x, new_kv = self._run_layers(x, kv, cross_kv, memory, offset)
         x = self.out_norm(x)[:, num_prefix:]
-        logits = jnp.einsum("btd,kdv->bktv", x.astype(self.dtype), jnp.asarray(self.heads).astype(self.dtype),
+        logits = jnp.einsum("btd,dkv->bktv", x.astype(self.dtype), jnp.asarray(self.heads).astype(self.dtype),
                             preferred_element_type=jnp.float32)
         if cache is not None:
             cache = LMCache(new_kv[0], new_kv[1], offset + num_prefix + codes.shape[-1])
@@ -239,8 +280,24 @@ def dummy_inputs(config: LMConfig, batch: int = 1) -> dict[str, Any]:
 
 
 def init_lm(config: LMConfig, rng: Array, dtype=jnp.float32, remat: bool = False) -> Any:
-    """Random (boxed, logically partitioned) variables {'params': ...}."""
+    """Random (boxed, logically partitioned) variables {'params': ...} in the scanned layout."""
     return MusicGenLM(config, dtype=dtype, remat=remat).init(rng, **dummy_inputs(config))
+
+
+def unstack_layers(params: Any, num_layers: int) -> Any:
+    """Scanned params ({'layers': leaves [L, ...]}) -> unrolled ({'layers_0': ..., ...})."""
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(num_layers):
+        out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+    return out
+
+
+def stack_layers(params: Any, num_layers: int) -> Any:
+    """Unrolled params -> scanned (inverse of unstack_layers)."""
+    out = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    layers = [params[f"layers_{i}"] for i in range(num_layers)]
+    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    return out
 
 
 def abstract_lm_params(config: LMConfig) -> Any:
