@@ -60,9 +60,7 @@ def _model_logits(lm: MusicGenLM, params, tokens: Array, conditions: Conditions,
         logits, cache = lm.apply({"params": params}, tokens, conditions, cache)
         return logits[:, :, -1], cache
     if settings.two_step_cfg:
-        halves = jax.tree.map(lambda x: jnp.split(x, 2, axis=_batch_axis(x)), conditions)
-        cond_c = jax.tree.map(lambda x: x[0], halves, is_leaf=lambda x: isinstance(x, list))
-        null_c = jax.tree.map(lambda x: x[1], halves, is_leaf=lambda x: isinstance(x, list))
+        cond_c, null_c = _split_halves(conditions, lm.scan_layers)
         cond, cache_c = lm.apply({"params": params}, tokens, cond_c, cache[0])
         uncond, cache_n = lm.apply({"params": params}, tokens, null_c, cache[1])
         cache = (cache_c, cache_n)
@@ -72,9 +70,15 @@ def _model_logits(lm: MusicGenLM, params, tokens: Array, conditions: Conditions,
     return classifier_free_guidance(cond[:, :, -1], uncond[:, :, -1], settings.cfg_coef), cache
 
 
-def _batch_axis(x: Array) -> int:
-    """Scanned cross-attention K/V are [L, B, S, H, D]; per-layer K/V and prefixes lead with B."""
-    return 1 if x.ndim == 5 else 0
+def _split_halves(conditions: Conditions, scan_layers: bool) -> tuple[Conditions, Conditions]:
+    """[conditional; null] conditions -> the two halves. Scanned cross K/V lead with the layer axis."""
+    def half(i):
+        cross = None if conditions.cross_kv is None else jax.tree.map(
+            lambda x: jnp.split(x, 2, axis=1 if scan_layers else 0)[i], conditions.cross_kv)
+        prefix = None if conditions.prefix is None else jnp.split(conditions.prefix, 2)[i]
+        return Conditions(cross_kv=cross, prefix=prefix)
+
+    return half(0), half(1)
 
 
 def _write_step(buffer: Array, step: Array, tokens: Array) -> Array:
@@ -145,7 +149,7 @@ def _prefill_logits(lm, params, tokens, conditions, cache, settings):
     if not settings.use_cfg:
         return lm.apply({"params": params}, tokens, conditions, cache)
     if settings.two_step_cfg:
-        halves = [jax.tree.map(lambda x, i=i: jnp.split(x, 2, axis=_batch_axis(x))[i], conditions) for i in (0, 1)]
+        halves = _split_halves(conditions, lm.scan_layers)
         cond, cache_c = lm.apply({"params": params}, tokens, halves[0], cache[0])
         uncond, cache_n = lm.apply({"params": params}, tokens, halves[1], cache[1])
         return classifier_free_guidance(cond, uncond, settings.cfg_coef), (cache_c, cache_n)

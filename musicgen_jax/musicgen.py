@@ -58,6 +58,7 @@ class MusicGen:
     """Text (and audio-prompt) conditioned music generation with the official MusicGen weights."""
 
     bucket_frames = 50  # static shapes: window lengths round up to whole seconds (50 frames)
+    bucket_text = 16  # and text lengths to multiples of 16 tokens
 
     def __init__(self, config: MusicGenConfig, lm_params, t5_params, tokenizer: T5Tokenizer,
                  compression_model: CompressionModel, *, dtype=jnp.float32,
@@ -243,15 +244,22 @@ class MusicGen:
 
     @cached_property
     def _conditions_fn(self):
-        return jax.jit(lambda p, text, mask: self.lm.apply({"params": p}, text=text, text_mask=mask,
-                                                            method=MusicGenLM.encode_conditions))
+        return jax.jit(lambda p, text, mask, exists: self.lm.apply(
+            {"params": p}, text=text, text_mask=mask, text_exists=exists, method=MusicGenLM.encode_conditions))
 
     def _conditions(self, descriptions, use_cfg: bool):
         text, mask = self.encode_text(descriptions)
         if use_cfg:  # [conditional; null]: the null half is all-zero memory with an all-zero mask
             text = jnp.concatenate([text, jnp.zeros_like(text)])
             mask = jnp.concatenate([mask, jnp.zeros_like(mask)])
-        return self._conditions_fn(self.lm_params, text, mask)
+        # Bucket the text length so new prompts reuse the compiled decode loop; the added positions
+        # are masked out of cross-attention (the batch's own padding stays visible, as in audiocraft).
+        length = text.shape[1]
+        padded = _bucket(length, self.bucket_text)
+        text = jnp.pad(text, ((0, 0), (0, padded - length), (0, 0)))
+        mask = jnp.pad(mask, ((0, 0), (0, padded - length)))
+        exists = jnp.broadcast_to(jnp.arange(padded) < length, mask.shape)
+        return self._conditions_fn(self.lm_params, text, mask, exists)
 
     def _generate_tokens(self, descriptions, prompt_tokens, progress: bool, seed: int | None) -> jax.Array:
         """Long-form aware: windows of max_duration, each restarting from the last (window - stride)."""

@@ -34,10 +34,14 @@ class KVCache:
 
 @flax.struct.dataclass
 class CrossKV:
-    """Precomputed cross-attention keys/values of one layer: [B, S, H, D]."""
+    """Precomputed cross-attention keys/values of one layer: [B, S, H, D].
+
+    mask: optional [B, S] bool, False for key positions that do not exist (shape-bucket padding).
+    """
 
     k: Array
     v: Array
+    mask: Array | None = None
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | None = None,
@@ -102,6 +106,9 @@ class Attention(nn.Module):
             cross_kv = self.project_kv(memory)
         if cross_kv is not None:
             k, v = cross_kv.k, cross_kv.v
+            if cross_kv.mask is not None:
+                key_mask = cross_kv.mask[:, None, None, :]  # [B, 1, 1, S]
+                mask = key_mask if mask is None else jnp.logical_and(mask, key_mask)
         else:
             k, v = self.key(x), self.value(x)
         offset = 0

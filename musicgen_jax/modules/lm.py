@@ -175,18 +175,24 @@ class MusicGenLM(nn.Module):
         new_k, new_v = [], []
         for i, layer in enumerate(self.layer_list):
             layer_kv = None if kv is None else (kv[0][i], kv[1][i])
-            layer_cross = None if cross_kv is None else CrossKV(cross_kv.k[i], cross_kv.v[i])
+            layer_cross = None if cross_kv is None else CrossKV(
+                cross_kv.k[i], cross_kv.v[i], None if cross_kv.mask is None else cross_kv.mask[i])
             x, out_kv = layer(x, layer_kv, layer_cross, memory, offset)
             if out_kv is not None:
                 new_k.append(out_kv[0])
                 new_v.append(out_kv[1])
         return x, (tuple(new_k), tuple(new_v)) if kv is not None else None
 
-    def _project_cross_kv(self, memory: Array) -> CrossKV:
+    def _project_cross_kv(self, memory: Array, key_mask: Array | None) -> CrossKV:
+        """Per-layer K/V (and the optional key mask, repeated per layer) in this model's layout."""
+        num_layers = self.config.num_layers
         if self.scan_layers:
-            return self.layers.project_cross_kv(memory, None, None, memory, None)[1]
+            kv = self.layers.project_cross_kv(memory, None, None, memory, None)[1]
+            mask = None if key_mask is None else jnp.broadcast_to(key_mask, (num_layers, *key_mask.shape))
+            return kv.replace(mask=mask)
         kvs = [layer.project_cross_kv(memory, None, None, memory, None)[1] for layer in self.layer_list]
-        return CrossKV(tuple(kv.k for kv in kvs), tuple(kv.v for kv in kvs))
+        mask = None if key_mask is None else (key_mask,) * num_layers
+        return CrossKV(tuple(kv.k for kv in kvs), tuple(kv.v for kv in kvs), mask)
 
     # -- conditioning -----------------------------------------------------------------------------
 
@@ -206,15 +212,20 @@ class MusicGenLM(nn.Module):
         return jnp.concatenate(parts, axis=1) if parts else None
 
     def encode_conditions(self, text: Array | None = None, text_mask: Array | None = None,
-                          chroma: Array | None = None) -> Conditions:
+                          chroma: Array | None = None, text_exists: Array | None = None) -> Conditions:
         """Once per generation. text [B, S, condition_dim] (T5 output), text_mask [B, S] (1 = token;
-        an all-zero row is the null condition), chroma [B, F, chroma_bins] (melody models)."""
+        an all-zero row is the null condition), chroma [B, F, chroma_bins] (melody models).
+
+        text_exists: optional [B, S] bool, False on positions added only to bucket S (static shapes);
+        those are masked out of cross-attention, while the batch's own padding (text_mask 0) stays
+        visible as audiocraft has it. Cross-attention models only.
+        """
         if self.config.cross_attention:
             if text is None:
                 raise ValueError("a cross-attention LM needs text (zeros with an all-zero mask for the null "
                                  "condition)")
             memory = self.text_memory(text, text_mask)
-            return Conditions(cross_kv=self._project_cross_kv(memory))
+            return Conditions(cross_kv=self._project_cross_kv(memory, text_exists))
         return Conditions(prefix=self._prefix(text, text_mask, chroma))
 
     # -- the model --------------------------------------------------------------------------------
