@@ -1,0 +1,151 @@
+"""Checkpoints: orbax CheckpointManager (async, keep-N) with integrity checks and preemption handling.
+
+A checkpoint step holds two items:
+  state  the TrainState (params, optimizer, EMA, step, RNG), saved sharded from every process
+  meta   JSON: step, the data iterator state, the run's config, and one checksum per state leaf
+
+Restoring goes newest first onto an abstract, sharded target (no unsharded copy). A step that fails
+to read (missing or truncated files: a partial copy) or whose data does not match its checksums
+(silent corruption) is reported and skipped; the previous step is used instead. Unfinished saves
+(orbax's temporary directories, left by a crash mid-save) are never listed as steps and are removed
+when the manager starts.
+
+Checksums are the wrap-around sums of each leaf's bits as uint32: exact integer arithmetic, so they
+do not depend on the sharding or the reduction order, and any flipped bit changes them.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointCorrupt(RuntimeError):
+    """A checkpoint step whose data does not match its recorded checksums."""
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+    """Sum of the leaf's bit patterns, uint32 with wrap-around."""
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    u = jax.lax.bitcast_convert_type(x, unsigned)  # 64-bit leaves become pairs of uint32
+    return jnp.sum(u.astype(jnp.uint32), dtype=jnp.uint32)
+
+
+@jax.jit
+def _checksums(state: Any) -> list[jax.Array]:
+    return [_leaf_checksum(x) for x in jax.tree.leaves(state)]
+
+
+def checksums(state: Any) -> list[int]:
+    """One uint32 checksum per leaf of `state` (see module doc)."""
+    return [int(c) for c in jax.device_get(_checksums(state))]
+
+
+class Checkpointer:
+    """Save / restore TrainState + metadata under `directory` (local path or gs://...)."""
+
+    def __init__(self, directory: str, *, keep: int = 3, every: int = 1000, async_save: bool = True,
+                 read_only: bool = False):
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
+                                               enable_async_checkpointing=async_save and not read_only,
+                                               cleanup_tmp_directories=not read_only, create=not read_only,
+                                               read_only=read_only)
+        self.directory, self.every = directory, every
+        self.manager = ocp.CheckpointManager(directory, item_names=("state", "meta"), options=options)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
+        """Save if `step` is a multiple of `every` or `force`; returns whether a save started."""
+        if not force and step % self.every:
+            return False
+        meta = dict(meta, step=int(step), checksums=checksums(state))
+        return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                 meta=ocp.args.JsonSave(meta)), force=True)
+
+    def _restore_step(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        state, meta = restored["state"], dict(restored["meta"])
+        if meta.get("step") != step:
+            raise CheckpointCorrupt(f"metadata says step {meta.get('step')}, directory says {step}")
+        expected = meta.get("checksums")
+        if expected is None or checksums(state) != list(expected):
+            raise CheckpointCorrupt("state data does not match the recorded checksums")
+        return state, meta
+
+    def restore_latest(self, target: Any) -> tuple[Any, dict[str, Any]] | None:
+        """The newest readable, intact checkpoint restored onto `target` (ShapeDtypeStructs with
+        shardings), as (state, meta); None when there is none. Bad steps are logged and skipped."""
+        self.manager.reload()
+        for step in reversed(self.steps()):
+            try:
+                return self._restore_step(step, target)
+            except Exception as e:  # orbax/tensorstore raise many types for unreadable data
+                log.warning("checkpoint step %d in %s is unusable (%s: %s); trying the previous one",
+                            step, self.directory, type(e).__name__, str(e).splitlines()[0][:300])
+        return None
+
+    def latest_meta(self) -> dict[str, Any] | None:
+        """The metadata of the newest step that has readable metadata (no state is read)."""
+        for step in reversed(self.steps()):
+            try:
+                return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+            except Exception as e:
+                log.warning("metadata of checkpoint step %d is unreadable (%s)", step, e)
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+class PreemptionGuard:
+    """Turns SIGTERM (a preemption notice) into a flag the training loop polls.
+
+    Multi-process runs ask JAX's coordination service instead, so that every process stops at the
+    same step (`jax.experimental.multihost_utils.reached_preemption_sync_point`).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "PreemptionGuard":
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("SIGTERM received: saving a checkpoint and stopping")
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            try:
+                return bool(multihost_utils.reached_preemption_sync_point(step))
+            except RuntimeError:  # no preemption service (e.g. not started by jax.distributed)
+                return False
+        return self.requested
+

@@ -1,0 +1,211 @@
+"""Export a trained LM as a transformers-layout MusicGen directory (`MusicGen.from_pretrained` loads it,
+and so does transformers' `MusicgenForConditionalGeneration`).
+
+    export_transformers(out_dir, config, lm_params, t5_params, base="facebook/musicgen-small")
+
+The LM tensors are written under transformers' names (the inverse of `convert/lm.py`); the text
+encoder, the codec, the tokenizer files and the rest of config.json come from a `base` checkpoint in
+the transformers layout that shares them (every official MusicGen uses t5-base and encodec_32khz; a
+fine-tuning run's own starting checkpoint is the natural base). The base's text encoder must be the one
+the run trained with: this is checked.
+
+Our kernels are oriented by their logical axis names, so the inverse does not hard-code our layout:
+each transformers tensor is described by the parameter it comes from, the index taken along the
+stacked axes (`layers`, `codebooks`) and its torch axis order, as groups of our axis names that are
+flattened together (q_proj [H*D, dim] = (("heads", "kv"), ("embed",))).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from musicgen_jax.config import LMConfig, MusicGenConfig
+
+_DEC = "decoder.model.decoder."
+_COPIED_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "generation_config.json", "preprocessor_config.json")
+
+# (torch name suffix, our path, torch axis groups)
+_LAYER_TENSORS = [
+    ("self_attn.{p}_proj.weight", ("self_attn", "{n}", "kernel"), (("heads", "kv"), ("embed",))),
+    ("self_attn.out_proj.weight", ("self_attn", "out", "kernel"), (("embed",), ("heads", "kv"))),
+    ("self_attn_layer_norm.weight", ("self_attn_norm", "scale"), (("embed",),)),
+    ("self_attn_layer_norm.bias", ("self_attn_norm", "bias"), (("embed",),)),
+    ("fc1.weight", ("fc1", "kernel"), (("mlp",), ("embed",))),
+    ("fc2.weight", ("fc2", "kernel"), (("embed",), ("mlp",))),
+    ("final_layer_norm.weight", ("ffn_norm", "scale"), (("embed",),)),
+    ("final_layer_norm.bias", ("ffn_norm", "bias"), (("embed",),)),
+]
+_CROSS_TENSORS = [
+    ("encoder_attn.{p}_proj.weight", ("cross_attn", "{n}", "kernel"), (("heads", "kv"), ("embed",))),
+    ("encoder_attn.out_proj.weight", ("cross_attn", "out", "kernel"), (("embed",), ("heads", "kv"))),
+    ("encoder_attn_layer_norm.weight", ("cross_attn_norm", "scale"), (("embed",),)),
+    ("encoder_attn_layer_norm.bias", ("cross_attn_norm", "bias"), (("embed",),)),
+]
+_QKV = (("q", "query"), ("k", "key"), ("v", "value"))
+
+
+def lm_logical_axes(config: LMConfig) -> dict[tuple[str, ...], tuple[str | None, ...]]:
+    """{param path: logical axis names} of the (scanned) training LM."""
+    import flax.linen as nn
+
+    from musicgen_jax.modules.lm import init_lm
+
+    specs = nn.get_partition_spec(jax.eval_shape(lambda: init_lm(config, jax.random.PRNGKey(0))))["params"]
+    flat = traverse_util.flatten_dict(specs, is_leaf=lambda _, x: isinstance(x, jax.sharding.PartitionSpec))
+    return {k: tuple(v) for k, v in flat.items()}
+
+
+def to_torch_layout(value: np.ndarray, names: tuple[str | None, ...], select: dict[str, int],
+                    groups: tuple[tuple[str, ...], ...]) -> np.ndarray:
+    """Take `select` along named axes, then order (and merge) the rest as `groups` says.
+    An unnamed axis is called "in" (e.g. the text projection's input)."""
+    names = tuple(n or "in" for n in names)
+    if len(set(names)) != len(names):
+        raise ValueError(f"ambiguous axis names {names}")
+    value = value[tuple(select.get(n, slice(None)) for n in names)]
+    rest = [n for n in names if n not in select]
+    order = [n for group in groups for n in group]
+    if sorted(order) != sorted(rest):
+        raise ValueError(f"axes {rest} cannot be laid out as {groups}")
+    value = np.transpose(value, [rest.index(n) for n in order])
+    sizes, i = [], 0
+    for group in groups:
+        sizes.append(int(np.prod(value.shape[i:i + len(group)])))
+        i += len(group)
+    return np.ascontiguousarray(value.reshape(sizes), np.float32)
+
+
+def _tensor_specs(c: LMConfig) -> Iterator[tuple[str, tuple[str, ...], dict[str, int], tuple]]:
+    """(transformers key, our path, selection, torch axis groups) of every LM tensor."""
+    for q in range(c.num_codebooks):
+        yield f"{_DEC}embed_tokens.{q}.weight", ("embeddings",), {"codebooks": q}, (("vocab",), ("embed",))
+        yield f"decoder.lm_heads.{q}.weight", ("heads",), {"codebooks": q}, (("vocab",), ("embed",))
+    yield f"{_DEC}layer_norm.weight", ("out_norm", "scale"), {}, (("embed",),)
+    yield f"{_DEC}layer_norm.bias", ("out_norm", "bias"), {}, (("embed",),)
+    projections = [("enc_to_dec_proj", "text_proj")] + ([("audio_enc_to_dec_proj", "chroma_proj")] if c.is_melody else [])
+    for torch_name, ours in projections:
+        yield f"{torch_name}.weight", (ours, "kernel"), {}, (("embed",), ("in",))
+        yield f"{torch_name}.bias", (ours, "bias"), {}, (("embed",),)
+    table = _LAYER_TENSORS + (_CROSS_TENSORS if c.cross_attention else [])
+    for layer in range(c.num_layers):
+        for key, path, groups in table:
+            for p, n in (_QKV if "{p}" in key else (("", ""),)):
+                yield (f"{_DEC}layers.{layer}.{key.format(p=p)}", ("layers",) + tuple(x.format(n=n) for x in path),
+                       {"layers": layer}, groups)
+
+
+def lm_state_dict(params: Any, config: LMConfig) -> dict[str, np.ndarray]:
+    """Our (scanned) LM params -> transformers `MusicgenForConditionalGeneration` LM tensors."""
+    if config.condition_dim == config.dim and config.cross_attention:
+        raise ValueError("transformers' MusicGen has no text projection when the text width equals the LM width "
+                         f"({config.dim}); this LM cannot be exported to that layout")
+    flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, jax.device_get(params)))
+    axes = lm_logical_axes(config)
+    out = {}
+    for key, path, select, groups in _tensor_specs(config):
+        out[key] = to_torch_layout(flat[path], axes[path], select, groups)
+    return out
+
+
+def _decoder_config(base: dict[str, Any], c: LMConfig, channels: int) -> dict[str, Any]:
+    dec = dict(base)
+    dec.update(hidden_size=c.dim, num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
+               ffn_dim=c.ffn_dim, num_codebooks=c.num_codebooks, vocab_size=c.codebook_size,
+               audio_channels=channels, pad_token_id=c.codebook_size, bos_token_id=c.codebook_size)
+    return dec
+
+
+def _check_base(raw: dict[str, Any], config: MusicGenConfig, base_dir: str) -> None:
+    codec = raw.get("audio_encoder", {})
+    problems = []
+    if raw.get("model_type") != ("musicgen_melody" if config.lm.is_melody else "musicgen"):
+        problems.append(f"model_type {raw.get('model_type')!r}")
+    if codec.get("codebook_size") != config.lm.codebook_size:
+        problems.append(f"codec codebook size {codec.get('codebook_size')} (LM: {config.lm.codebook_size})")
+    if raw.get("text_encoder", {}).get("d_model") != config.lm.condition_dim:
+        problems.append(f"text encoder width {raw.get('text_encoder', {}).get('d_model')} "
+                        f"(LM: {config.lm.condition_dim})")
+    if problems:
+        raise ValueError(f"export base {base_dir} does not fit this model: " + "; ".join(problems))
+
+
+def _check_text_encoder(state: dict[str, np.ndarray], config: MusicGenConfig, t5_params: Any, base_dir: str) -> None:
+    from musicgen_jax.convert.t5 import t5_params_from_state_dict
+
+    base_t5 = t5_params_from_state_dict(state, config.t5, prefix="text_encoder.")
+    same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), base_t5, t5_params)
+    if not all(jax.tree.leaves(same)):
+        raise ValueError(f"the text encoder of export base {base_dir} is not the one this model was trained with")
+
+
+def export_transformers(out_dir: str, config: MusicGenConfig, lm_params: Any, t5_params: Any, base: str) -> str:
+    """Write config.json + model.safetensors (+ tokenizer files) to `out_dir`; returns it."""
+    from safetensors.numpy import save_file
+
+    from musicgen_jax import hub
+    from musicgen_jax.convert.common import load_transformers_weights
+
+    base_dir = hub.resolve(base)
+    with open(os.path.join(base_dir, "config.json")) as f:
+        raw = json.load(f)
+    _check_base(raw, config, base_dir)
+    state = {k: v for k, v in load_transformers_weights(base_dir).items()
+             if k.startswith(("text_encoder.", "audio_encoder."))}
+    _check_text_encoder(state, config, t5_params, base_dir)
+    state.update(lm_state_dict(lm_params, config.lm))
+    raw["decoder"] = _decoder_config(raw.get("decoder", {}), config.lm, config.audio_channels)
+    os.makedirs(out_dir, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, os.path.join(out_dir, "model.safetensors"),
+              metadata={"format": "pt"})
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(raw, f, indent=2)
+    for name in _COPIED_FILES:
+        if os.path.isfile(os.path.join(base_dir, name)):
+            shutil.copy(os.path.join(base_dir, name), os.path.join(out_dir, name))
+    return out_dir
+
+
+def export_state(out_dir: str, model, state, *, base: str | None = None, use_ema: bool = True) -> str:
+    """A TrainState (EMA weights when present and `use_ema`) -> transformers directory."""
+    base = base or model.source
+    if base is None:
+        raise ValueError("export needs a base checkpoint in the transformers layout (checkpoint.export_base), "
+                         "e.g. facebook/musicgen-small: its text encoder and codec are reused")
+    params = state.ema if use_ema and state.ema is not None else state.params
+    if jax.process_count() > 1:  # every process takes part in gathering the shards
+        from jax.experimental import multihost_utils
+
+        params = multihost_utils.process_allgather(params, tiled=True)
+    if jax.process_index() == 0:
+        export_transformers(out_dir, model.config, params, model.t5_params, base)
+    return out_dir
+
+
+def export_checkpoint(checkpoint_dir: str, out_dir: str, *, base: str | None = None, use_ema: bool = True) -> str:
+    """The newest usable checkpoint of a run -> transformers directory (the run's config is read from
+    the checkpoint; the state is restored onto this host's devices)."""
+    from musicgen_jax.train import sharding as S
+    from musicgen_jax.train import trainer as T
+    from musicgen_jax.train.checkpoint import Checkpointer
+    from musicgen_jax.train.config import from_dict
+    from musicgen_jax.train.model import build_model
+
+    ckpt = Checkpointer(checkpoint_dir, read_only=True)
+    meta = ckpt.latest_meta()
+    if meta is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
+    cfg = from_dict(meta["config"])
+    model = build_model(cfg.model)
+    mesh = S.make_mesh(-1, 1, 1)
+    shardings = T.state_shardings(model, cfg.optim, cfg.steps, mesh, cfg.model.seed)
+    restored = ckpt.restore_latest(T.abstract_state(shardings, model, cfg.optim, cfg.steps, cfg.model.seed))
+    if restored is None:
+        raise ValueError(f"no usable checkpoint in {checkpoint_dir}")
+    return export_state(out_dir, model, restored[0], base=base or cfg.checkpoint.export_base, use_ema=use_ema)

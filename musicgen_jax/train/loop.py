@@ -1,0 +1,181 @@
+"""The training loop: set-up (mesh, model, state or checkpoint, data), steps, logs, checkpoints.
+
+    trainer = Trainer(load_config("configs/train/small.yaml", overrides))
+    history = trainer.run()          # [{'step': 1, 'loss': ..., 'ce/0': ..., ...}, ...]
+
+Resume is automatic: when `checkpoint.dir` holds a usable checkpoint, the state, the data iterator
+and the step counter continue from it, and the losses that follow are those of an uninterrupted run.
+SIGTERM saves a checkpoint at the next step boundary and returns.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+
+from musicgen_jax.train import distributed
+from musicgen_jax.train import metrics as M
+from musicgen_jax.train import sharding as S
+from musicgen_jax.train import trainer as T
+from musicgen_jax.train.checkpoint import Checkpointer, PreemptionGuard
+from musicgen_jax.train.config import TrainConfig, to_dict
+from musicgen_jax.train.data import TrainData
+from musicgen_jax.train.model import TrainModel, build_model
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Owns a run's mesh, model, state, data iterator and checkpointer (see module doc)."""
+
+    def __init__(self, cfg: TrainConfig, *, model: TrainModel | None = None, mesh=None):
+        distributed.initialize(cfg.distributed)
+        self.cfg = cfg
+        self.mesh = mesh if mesh is not None else S.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        if cfg.data.batch_size % S.batch_divisor(self.mesh):
+            raise ValueError(f"batch_size {cfg.data.batch_size} must be a multiple of data x fsdp = "
+                             f"{S.batch_divisor(self.mesh)}")
+        self.model = model if model is not None else build_model(cfg.model)
+        self.data = TrainData(cfg.data.train, tokenizer=self.model.tokenizer, lm=self.model.config.lm,
+                              global_batch=cfg.data.batch_size, max_text_tokens=cfg.data.max_text_tokens,
+                              crop_seconds=cfg.data.segment_seconds, seed=cfg.data.seed,
+                              process_index=jax.process_index(), process_count=jax.process_count(),
+                              prefetch=cfg.data.prefetch)
+        self.checkpointer = None
+        if cfg.checkpoint.dir:
+            self.checkpointer = Checkpointer(cfg.checkpoint.dir, keep=cfg.checkpoint.keep,
+                                             every=cfg.checkpoint.every, async_save=cfg.checkpoint.async_save)
+        self._saved_step = None
+        self.state, self.shardings = self._restore_or_init()
+        self.t5_params, t5_shardings = T.place_t5(self.model, self.mesh)
+        self.step_fn = T.make_train_step(self.model, cfg.optim, cfg.steps, self.mesh, self.shardings,
+                                         self.data.batch_shapes(), t5_shardings)
+
+    # ------------------------------------------------------------------ state
+
+    def _restore_or_init(self):
+        cfg = self.cfg
+        if self.checkpointer is not None and self.checkpointer.steps():
+            shardings = T.state_shardings(self.model, cfg.optim, cfg.steps, self.mesh, cfg.model.seed)
+            target = T.abstract_state(shardings, self.model, cfg.optim, cfg.steps, cfg.model.seed)
+            restored = self.checkpointer.restore_latest(target)
+            if restored is not None:
+                state, meta = restored
+                self.data.set_state(meta["data"])
+                log.info("resumed from step %d of %s", meta["step"], cfg.checkpoint.dir)
+                self._saved_step = meta["step"]
+                return state, shardings
+            log.warning("no usable checkpoint in %s: starting from scratch", cfg.checkpoint.dir)
+        return T.create_state(self.model, cfg.optim, cfg.steps, self.mesh, cfg.model.seed)
+
+    @property
+    def step(self) -> int:
+        return int(self.state.step)
+
+    def save(self, *, force: bool = False) -> bool:
+        """Checkpoint the current step if it is due (or `force`) and not saved yet."""
+        step = self.step
+        if self.checkpointer is None or step == self._saved_step:
+            return False
+        meta = {"data": self.data.get_state(), "config": to_dict(self.cfg), "time": time.time()}
+        saved = self.checkpointer.save(step, self.state, meta, force=force)
+        if saved:
+            self._saved_step = step
+        return saved
+
+    # ------------------------------------------------------------------ loop
+
+    def _step_cost(self) -> tuple[float, int]:
+        """(model FLOPs, LM sequence steps) of one update."""
+        b, _, t = self.data.batch_shapes()["codes"]
+        lm, t5 = self.model.config.lm, self.model.config.t5
+        return M.train_step_flops(lm, b, t + 1, self.cfg.data.max_text_tokens, t5), b * (t + 1)
+
+    def run(self, stop_at: int | None = None) -> list[dict[str, float]]:
+        """Train until `cfg.steps` (or `stop_at`), a SIGTERM, or the end. Returns per-step metrics."""
+        cfg, last = self.cfg, min(self.cfg.steps, stop_at or self.cfg.steps)
+        board = M.TensorBoard(cfg.log.tensorboard or (os.path.join(cfg.checkpoint.dir, "tensorboard")
+                                                      if cfg.checkpoint.dir else None))
+        peak = M.peak_flops(override_tflops=cfg.log.peak_tflops)
+        flops, tokens = self._step_cost()
+        bar = _progress(cfg.log.progress, self.step, last)
+        history, pending = [], []
+        tick = time.perf_counter()
+        with PreemptionGuard() as guard:
+            while self.step < last:
+                batch = S.global_batch(next(self.data), self.mesh)
+                self.state, step_metrics = self.step_fn(self.state, batch, self.t5_params)
+                pending.append(step_metrics)
+                step = self.step
+                if step % cfg.log.every == 0 or step == last:
+                    now = time.perf_counter()
+                    seconds = (now - tick) / len(pending)
+                    tick = now
+                    history += self._flush(pending, step, seconds, flops, tokens, peak, board, bar)
+                    pending = []
+                self.save()
+                if guard.should_stop(step):
+                    history += self._flush(pending, step, None, flops, tokens, peak, board, bar)
+                    self.save(force=True)
+                    break
+        if self.checkpointer is not None:
+            if self.step >= last:
+                self.save(force=True)
+            self.checkpointer.wait()
+        board.close()
+        if bar is not None:
+            bar.close()
+        return history
+
+    def _flush(self, pending, step, seconds, flops, tokens, peak, board, bar) -> list[dict[str, float]]:
+        """Fetch the metrics of the last steps (one device sync per log interval) and report them."""
+        rows = [M.scalars(m) for m in jax.device_get(pending)]
+        first = step - len(rows) + 1
+        for i, row in enumerate(rows):
+            row["step"] = first + i
+        if rows and seconds:
+            speed = {"step_seconds": seconds, "tokens_per_second": tokens / seconds}
+            value = M.mfu(flops, seconds, jax.device_count(), peak)
+            if value is not None:
+                speed["mfu"] = value
+            rows[-1].update(speed)
+        for row in rows:
+            board.write(row["step"], {k: v for k, v in row.items() if k != "step"})
+        if bar is not None and rows:
+            bar.update(len(rows))
+            shown = {"loss": f"{rows[-1]['loss']:.3f}"}
+            if "tokens_per_second" in rows[-1]:
+                shown["tok/s"] = f"{rows[-1]['tokens_per_second']:.0f}"
+            if "mfu" in rows[-1]:
+                shown["mfu"] = f"{rows[-1]['mfu']:.1%}"
+            bar.set_postfix(shown)
+        return rows
+
+    def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+
+
+def _progress(enabled: bool, start: int, total: int):
+    if not enabled or jax.process_index() != 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", desc="training", dynamic_ncols=True)
+
+
+def train(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Run (or resume) a training run; export at the end when `checkpoint.export_dir` is set."""
+    trainer = Trainer(cfg)
+    try:
+        history = trainer.run()
+        if cfg.checkpoint.export_dir and trainer.step >= cfg.steps:
+            from musicgen_jax.train.export import export_state
+
+            export_state(cfg.checkpoint.export_dir, trainer.model, trainer.state, base=cfg.checkpoint.export_base)
+    finally:
+        trainer.close()
+    return history

@@ -1,0 +1,226 @@
+"""Train state, optimizer and the jitted, sharded train step.
+
+    state, shardings = create_state(model, optim, steps, mesh)          # sharded, never a full copy
+    step = make_train_step(model, optim, steps, mesh, shardings, batch_shapes)
+    state, metrics = step(state, batch, t5_params)                       # state donated
+
+One call is one optimizer update: the global batch is split into `accum_steps` micro-batches scanned
+inside the step (gradients summed in float32), so an update with accumulation equals the same update
+without it. The frozen T5 runs inside the step under `stop_gradient`. Parameters, optimizer state and
+EMA stay float32; the LM computes in its `dtype` (bfloat16 on accelerators).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from musicgen_jax.train import loss as L
+from musicgen_jax.train import sharding as S
+from musicgen_jax.train.config import OptimSection
+from musicgen_jax.train.model import TrainModel
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step [] int32; params, ema (None when off) float32 trees; opt_state; rng: raw PRNG key [2] uint32."""
+
+    step: Array
+    params: Any
+    opt_state: Any
+    ema: Any
+    rng: Array
+
+
+# ------------------------------------------------------------------------------------------ optimizer
+
+
+def learning_rate(optim: OptimSection, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0, then cosine down to lr * lr_min_ratio at `total_steps`."""
+    warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(0.0, optim.lr, warmup, max(total_steps, warmup + 1),
+                                              end_value=optim.lr * optim.lr_min_ratio)
+
+
+def make_optimizer(optim: OptimSection, total_steps: int) -> optax.GradientTransformation:
+    """Clip by global norm, then AdamW (or D-Adaptation AdamW) with the warmup-cosine schedule."""
+    schedule = learning_rate(optim, total_steps)
+    if optim.optimizer == "dadapt_adamw":
+        from optax.contrib import dadapt_adamw
+
+        opt = dadapt_adamw(schedule, betas=(optim.b1, optim.b2), eps=optim.eps, weight_decay=optim.weight_decay)
+    else:
+        opt = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
+    return optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt) if optim.grad_clip > 0 else opt
+
+
+# ------------------------------------------------------------------------------------------ state
+
+
+def _new_state(params: Any, tx: optax.GradientTransformation, rng: Array, ema: bool) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema=jax.tree.map(jnp.copy, params) if ema else None, rng=rng)
+
+
+def _state_builders(model: TrainModel, optim: OptimSection, total_steps: int, seed: int):
+    """(init_rng, random_state(rng) -> boxed state, from_params(params) -> state)."""
+    tx = make_optimizer(optim, total_steps)
+    use_ema = optim.ema_decay > 0
+    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+
+    def from_params(params):
+        return _new_state(params, tx, state_rng, use_ema)
+
+    def random_state(rng):
+        return from_params(model.init_variables(rng)["params"])  # boxed: keeps the logical axis names
+
+    return init_rng, random_state, from_params
+
+
+def logical_axes(model: TrainModel) -> Any:
+    """The LM parameters' logical axis names (a tree of PartitionSpecs of names)."""
+    return nn.get_partition_spec(jax.eval_shape(model.init_variables, jax.random.PRNGKey(0)))["params"]
+
+
+def state_shardings(model: TrainModel, optim: OptimSection, total_steps: int, mesh: Mesh,
+                    seed: int = 0) -> TrainState:
+    """NamedShardings of every state leaf, from the parameters' logical axes. Optimizer moments mirror
+    the parameters (optax maps over the boxed tree, which keeps the axis names); scalars are replicated."""
+    init_rng, random_state, _ = _state_builders(model, optim, total_steps, seed)
+    return S.param_shardings(jax.eval_shape(random_state, init_rng), mesh)
+
+
+def create_state(model: TrainModel, optim: OptimSection, total_steps: int, mesh: Mesh,
+                 seed: int = 0) -> tuple[TrainState, TrainState]:
+    """A fresh (random or pretrained) state placed on `mesh`, never unsharded on a device.
+
+    Returns (state, its shardings)."""
+    init_rng, random_state, from_params = _state_builders(model, optim, total_steps, seed)
+    shardings = state_shardings(model, optim, total_steps, mesh, seed)
+    if model.pretrained is None:
+        init = jax.jit(lambda r: nn.meta.unbox(random_state(r)), out_shardings=shardings)
+        return init(init_rng), shardings
+    params = S.shard_like(model.pretrained, shardings.params)
+    init = jax.jit(from_params, in_shardings=(shardings.params,), out_shardings=shardings)
+    return init(params), shardings
+
+
+def abstract_state(shardings: TrainState, model: TrainModel, optim: OptimSection, total_steps: int,
+                   seed: int = 0) -> TrainState:
+    """ShapeDtypeStructs carrying shardings: the target for restoring a checkpoint."""
+    init_rng, random_state, _ = _state_builders(model, optim, total_steps, seed)
+    shapes = nn.meta.unbox(jax.eval_shape(random_state, init_rng))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+# ------------------------------------------------------------------------------------------ the step
+
+
+def _micro_batches(batch: Mapping[str, Array], accum: int) -> dict[str, Array]:
+    """[B, ...] -> [A, B / A, ...]; micro-batch i takes rows i, i + A, ... so that every device keeps
+    a share of every micro-batch."""
+    def split(x):
+        b = x.shape[0]
+        return x.reshape((b // accum, accum) + x.shape[1:]).swapaxes(0, 1)
+
+    return {k: split(v) for k, v in batch.items()}
+
+
+def _conditions(model: TrainModel, t5_params: Any, batch: Mapping[str, Array], keep: Array) -> dict[str, Array]:
+    """Frozen T5 on the caption ids, then CFG dropout. -> kwargs for the LM (text, text_mask, chroma)."""
+    text = model.t5.apply({"params": t5_params}, batch["text_ids"], batch["text_mask"])  # [b, S, D] f32
+    text = jax.lax.stop_gradient(text)
+    text, mask = L.drop_text(text, batch["text_mask"], keep)
+    kwargs = {"text": text, "text_mask": mask}
+    if model.config.lm.is_melody:
+        chroma = L.one_hot_chroma(batch["chroma"], model.config.lm.chroma_bins)
+        kwargs["chroma"] = L.drop_chroma(chroma, keep)
+    return kwargs
+
+
+def _loss_fn(model: TrainModel):
+    lm_cfg = model.config.lm
+
+    def loss(params, t5_params, micro, counts):
+        """-> (this micro-batch's share of the global loss, per-codebook NLL sums [K])."""
+        codes = micro["codes"]
+        cond = _conditions(model, t5_params, micro, micro["keep"])
+        x = L.model_input(codes, lm_cfg.delays, lm_cfg.special_token)  # [b, K, T + 1]
+        logits, _ = model.lm.apply({"params": params}, x, **cond)  # [b, K, T + 1, card] f32
+        nll = L.codebook_nll(logits, codes, micro["frames"], lm_cfg.delays)  # [K]
+        return jnp.mean(nll / counts), nll
+
+    return loss
+
+
+def _update_ema(ema: Any, params: Any, step: Array, optim: OptimSection) -> Any:
+    if ema is None:
+        return None
+    do = step % optim.ema_every == 0
+    d = optim.ema_decay
+    return jax.tree.map(lambda e, p: jnp.where(do, d * e + (1 - d) * p, e), ema, params)
+
+
+def train_step_fn(model: TrainModel, optim: OptimSection, total_steps: int):
+    """The pure step: (state, batch, t5_params) -> (state, metrics).
+
+    Randomness (CFG dropout) is drawn for the whole global batch from fold_in(rng, step), so it does
+    not depend on the sharding or on the number of micro-batches.
+    """
+    tx = make_optimizer(optim, total_steps)
+    schedule = learning_rate(optim, total_steps)
+    grad_fn = jax.value_and_grad(_loss_fn(model), has_aux=True)
+    lm_cfg = model.config.lm
+
+    def step(state: TrainState, batch: Mapping[str, Array], t5_params: Any):
+        b, _, t = batch["codes"].shape
+        counts = jnp.maximum(L.codebook_counts(batch["frames"], t, lm_cfg.delays), 1.0)  # [K]
+        keep = L.keep_conditions(jax.random.fold_in(state.rng, state.step), b, optim.cond_dropout)  # [B]
+        micro = _micro_batches(dict(batch, keep=keep), optim.accum_steps)
+
+        def accumulate(carry, mb):
+            grads, nll = carry
+            (_, mb_nll), g = grad_fn(state.params, t5_params, mb, counts)
+            return (jax.tree.map(jnp.add, grads, g), nll + mb_nll), None
+
+        zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((lm_cfg.num_codebooks,), jnp.float32))
+        (grads, nll), _ = jax.lax.scan(accumulate, zeros, micro)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ce = nll / counts  # [K]
+        metrics = {"loss": ce.mean(), "ce": ce, "ppl": jnp.exp(ce), "grad_norm": optax.global_norm(grads),
+                   "lr": schedule(state.step), "tokens": counts.sum()}
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            ema=_update_ema(state.ema, params, state.step + 1, optim))
+        return new, metrics
+
+    return step
+
+
+def batch_shardings(batch_shapes: Mapping[str, tuple[int, ...]], mesh: Mesh) -> dict[str, NamedSharding]:
+    return {k: S.batch_sharding(mesh, len(shape)) for k, shape in batch_shapes.items()}
+
+
+def make_train_step(model: TrainModel, optim: OptimSection, total_steps: int, mesh: Mesh,
+                    state_shardings: TrainState, batch_shapes: Mapping[str, tuple[int, ...]],
+                    t5_shardings: Any):
+    """jit of `train_step_fn` with explicit shardings; the state argument is donated."""
+    replicated = S.replicated(mesh)
+    return jax.jit(train_step_fn(model, optim, total_steps),
+                   in_shardings=(state_shardings, batch_shardings(batch_shapes, mesh), t5_shardings),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+def place_t5(model: TrainModel, mesh: Mesh) -> tuple[Any, Any]:
+    """The frozen text encoder's params, sharded by the same rules. -> (params, shardings)."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    boxed = jax.eval_shape(lambda: model.t5.init(jax.random.PRNGKey(0), ids, ids))
+    shardings = S.param_shardings(boxed, mesh)["params"]
+    return S.shard_like(model.t5_params, shardings), shardings

@@ -1,0 +1,144 @@
+"""Helpers for the training tests: a tiny tokenizer, synthetic learnable datasets, test configs,
+and a tiny transformers-layout MusicGen checkpoint (the base for fine-tuning and export)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from musicgen_jax.train.records import DatasetInfo, encode_record, write_dataset
+
+CAPTIONS = ("slow piano", "fast drums", "happy guitar", "sad violin")
+
+
+def synthetic_codes(rng: np.random.Generator, caption_index: int, num_codebooks: int, frames: int,
+                    card: int) -> np.ndarray:
+    """[K, T] codes with learnable structure: codebook q walks by a caption-dependent stride from a
+    random start, so every frame after the first follows from the previous one and the caption."""
+    stride = 1 + caption_index % 2
+    start = rng.integers(0, card, size=(num_codebooks, 1))
+    q = np.arange(num_codebooks)[:, None]
+    return ((start + stride * np.arange(frames)[None]) % card).astype(np.int16)
+
+
+def write_synthetic_dataset(directory: str, *, records: int = 64, frames: int = 24, num_codebooks: int = 4,
+                            card: int = 32, seed: int = 0, records_per_shard: int = 16, chroma: bool = False,
+                            short_every: int = 0) -> DatasetInfo:
+    """A prepared-looking dataset of synthetic codes (no audio); `short_every` pads every n-th record."""
+    rng = np.random.default_rng(seed)
+
+    def items():
+        for i in range(records):
+            c = int(rng.integers(0, len(CAPTIONS)))
+            codes = synthetic_codes(rng, c, num_codebooks, frames, card)
+            valid = frames // 2 if short_every and i % short_every == 0 else frames
+            bins = rng.integers(0, 12, size=(frames // 4 + 1,)) if chroma else None
+            yield encode_record(codes, valid, CAPTIONS[c], chroma=bins, source=f"synthetic/{i}")
+
+    info = DatasetInfo(sample_rate=32000, frame_rate=50.0, num_codebooks=num_codebooks, codebook_size=card,
+                       segment_frames=frames, codec="synthetic", chroma=chroma)
+    return write_dataset(directory, items(), info, records_per_shard)
+
+
+def tiny_tokenizer(directory: str) -> str:
+    """A sentencepiece model small enough for the tiny T5's 128-row table."""
+    from musicgen_jax.testing import train_spiece
+
+    path = os.path.join(directory, "spiece.model")
+    if not os.path.isfile(path):
+        train_spiece(directory, vocab_size=100)
+    return directory
+
+
+def tiny_overrides(data_dir: str, tokenizer_dir: str, **extra) -> list[str]:
+    """Overrides of a fast scratch run of the `tiny` preset with a random text encoder."""
+    base = {
+        "steps": 120, "model.preset": "tiny", "model.t5": "random", "model.tokenizer": tokenizer_dir,
+        "data.train": data_dir, "data.batch_size": 8, "data.max_text_tokens": 8, "data.prefetch": 0,
+        "optim.lr": 1e-2, "optim.warmup_steps": 10, "optim.weight_decay": 0.0, "optim.cond_dropout": 0.1,
+        "mesh.data": -1, "log.progress": False, "log.every": 10,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+_COMPILE_CACHE: list[str] = []
+
+
+def enable_compile_cache(directory: str) -> None:
+    """Share compiled programs between the trainers (and subprocesses) of the training tests: XLA's
+    CPU compilation dominates their run time. Idempotent within a session."""
+    import jax
+
+    if _COMPILE_CACHE:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    try:  # the cache may have been initialised (disabled) by earlier tests of the session
+        from jax._src import compilation_cache
+
+        compilation_cache.reset_cache()
+    except (ImportError, AttributeError):
+        pass
+    _COMPILE_CACHE.append(str(directory))
+
+
+def compile_cache_env() -> dict[str, str]:
+    """Environment for subprocesses that should reuse the session's compilation cache."""
+    if not _COMPILE_CACHE:
+        return {}
+    return {"JAX_COMPILATION_CACHE_DIR": _COMPILE_CACHE[0], "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+class TrainWorld:
+    """Session-wide inputs of the training tests: a tokenizer, a synthetic dataset, a compile cache."""
+
+    def __init__(self, root):
+        root = str(root)
+        enable_compile_cache(os.path.join(root, "xla-cache"))
+        self.root = root
+        self.tokenizer = tiny_tokenizer(os.path.join(root, "spm"))
+        self.data = os.path.join(root, "data")
+        write_synthetic_dataset(self.data)
+
+    def overrides(self, **extra) -> list[str]:
+        return tiny_overrides(self.data, self.tokenizer, **extra)
+
+    def config(self, **extra):
+        from musicgen_jax.train.config import load_config
+
+        return load_config(None, self.overrides(**extra))
+
+
+_WORLD: list[TrainWorld] = []
+
+
+def train_world(tmp_path_factory) -> TrainWorld:
+    """One TrainWorld per session (shared by every training test module)."""
+    if not _WORLD:
+        _WORLD.append(TrainWorld(tmp_path_factory.mktemp("train-world")))
+    return _WORLD[0]
+
+
+def single_device_mesh():
+    import jax
+
+    from musicgen_jax.train.sharding import make_mesh
+
+    return make_mesh(1, 1, 1, devices=jax.devices()[:1])
+
+
+def corrupt_checkpoint(directory: str, step: int) -> None:
+    """Flip bytes in the largest data file of a checkpoint step (simulated silent corruption)."""
+    files = []
+    for root, _, names in os.walk(os.path.join(directory, str(step), "state")):
+        files += [os.path.join(root, n) for n in names]
+    target = max(files, key=os.path.getsize)
+    with open(target, "r+b") as f:
+        data = bytearray(f.read())
+        mid = len(data) // 2
+        data[mid:mid + 16] = bytes(b ^ 0xFF for b in data[mid:mid + 16])
+        f.seek(0)
+        f.write(bytes(data))
