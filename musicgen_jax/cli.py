@@ -85,11 +85,21 @@ def generate(args) -> int:
     model.set_generation_params(duration=args.duration, use_sampling=False if args.greedy else None,
                                 top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                                 cfg_coef=args.cfg_coef, extend_stride=args.extend_stride)
+    melody = None
+    if args.melody:
+        from musicgen_jax.audio import read_audio
+
+        melody = read_audio(args.melody)  # (wav [C, N], rate): resampled and mixed by the model
     paths = _output_paths(args.out, len(prompts))
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start:start + args.batch_size]
         seed = None if args.seed is None else args.seed + start
-        wav = np.asarray(model.generate(batch, progress=not args.quiet, seed=seed))  # [B, C, N]
+        if melody is not None:
+            wav = model.generate_with_chroma(batch, [melody[0]] * len(batch), melody[1],
+                                             progress=not args.quiet, seed=seed)
+        else:
+            wav = model.generate(batch, progress=not args.quiet, seed=seed)
+        wav = np.asarray(wav)  # [B, C, N]
         for i, item in enumerate(wav):
             path = write_wav(paths[start + i], item, model.sample_rate)
             print(f"{path}: {item.shape[-1] / model.sample_rate:.2f} s, {item.shape[0]} channel(s)  <- "
@@ -115,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=None)
     gen.add_argument("--cfg-coef", type=float, default=None, help="classifier-free guidance (default 3)")
     gen.add_argument("--extend-stride", type=float, default=None, help="long-form stride in seconds (18)")
+    gen.add_argument("--melody", help="audio file whose melody (chroma) conditions a melody model")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=generate)
 

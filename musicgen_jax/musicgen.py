@@ -203,7 +203,77 @@ class MusicGen:
         tokens = self._generate_tokens(descriptions, prompt_tokens, progress, seed)
         return self._finish(tokens, return_tokens)
 
+    def generate_with_chroma(self, descriptions: Sequence[str | None], melody_wavs=None,
+                             melody_sample_rate: int | None = None, progress: bool = False,
+                             return_tokens: bool = False, seed: int | None = None, *, chroma=None):
+        """Melody models: text + melody. melody_wavs: [B, C, N], [C, N] or a list of [C, N] / [N] arrays of
+        different lengths (None entries: no melody), at melody_sample_rate. Or pass precomputed `chroma`
+        [B, F, 12] (tiled/cut to the window). Drums and bass are not removed (audiocraft runs a source
+        separator first): give a melodic stem for results closest to audiocraft's."""
+        if not self.config.lm.is_melody:
+            raise ValueError(f"{self.config.name} is not a melody model: use generate() or a musicgen-melody checkpoint")
+        descriptions = _check_descriptions(descriptions, allow_none=True)
+        if (melody_wavs is None) == (chroma is None):
+            raise ValueError("give either melody_wavs (with melody_sample_rate) or a precomputed chroma")
+        if chroma is not None:
+            melody = _check_chroma(chroma, len(descriptions), self.config.lm.chroma_bins)
+        else:
+            melody = self._prepare_melodies(melody_wavs, melody_sample_rate, len(descriptions))
+        tokens = self._generate_tokens(descriptions, None, progress, seed, melody)
+        return self._finish(tokens, return_tokens)
+
     # ------------------------------------------------------------------ internals
+    def _prepare_melodies(self, melody_wavs, rate, batch: int) -> list:
+        """-> a list of mono float32 wavs at the model rate (None: no melody), checked."""
+        from musicgen_jax.modules.chroma import check_sample_rate, resample_melody
+
+        rate = check_sample_rate(rate, "melody_sample_rate")
+        if hasattr(melody_wavs, "shape"):
+            arr = np.asarray(melody_wavs)
+            if arr.ndim == 2:
+                arr = arr[None]
+            if arr.ndim != 3:
+                raise ValueError(f"melody_wavs must be [B, C, N], [C, N] or a list, got shape {arr.shape}")
+            melody_wavs = list(arr)
+        if not isinstance(melody_wavs, (list, tuple)):
+            raise TypeError(f"melody_wavs must be an array or a list of arrays, got {type(melody_wavs).__name__}")
+        if len(melody_wavs) != batch:
+            raise ValueError(f"{len(melody_wavs)} melodies for {batch} descriptions")
+        out = []
+        for i, wav in enumerate(melody_wavs):
+            if wav is None:
+                out.append(None)
+                continue
+            wav = np.asarray(wav, np.float32)
+            wav = wav[None] if wav.ndim == 1 else wav
+            if wav.ndim != 2 or wav.shape[-1] == 0:
+                raise ValueError(f"melody {i} must be a non-empty [C, N] or [N] array, got shape {wav.shape}")
+            if not np.isfinite(wav).all():
+                raise ValueError(f"melody {i} contains NaN or infinite values")
+            mono = wav.mean(axis=0)  # audiocraft mixes to the model's (mono) channels, then resamples
+            out.append(resample_melody(mono, rate, self.sample_rate).astype(np.float32))
+        return out
+
+    def _melody_chroma(self, melody, offset_frames: int | None) -> np.ndarray:
+        """Chroma [B, frames, 12] for a window: the whole melody (offset None) or, in long-form, the
+        window's span of it taken periodically (audiocraft's positions % length)."""
+        from musicgen_jax.modules.chroma import extract_chroma, fit_chroma_length, melody_window, null_chroma
+
+        frames = self.config.lm.chroma_frames
+        if not isinstance(melody, list):  # precomputed chroma
+            return fit_chroma_length(melody, frames)
+        wavs = melody
+        if offset_frames is not None:
+            start = int(offset_frames / self.frame_rate * self.sample_rate)
+            length = int(self.max_duration * self.sample_rate)
+            wavs = [None if w is None else melody_window(w, start, length) for w in melody]
+        if all(w is None for w in wavs):
+            return null_chroma(len(wavs), frames)
+        # audiocraft collates the batch first: shorter melodies are zero-padded to the longest (their
+        # silent tail tiles with them) and a missing melody is silence, whose chroma is bin 0
+        chroma = extract_chroma(list(wavs), self.sample_rate)
+        return np.asarray(fit_chroma_length(chroma, frames), np.float32)
+
     def _prepare_prompt(self, prompt, rate: int) -> np.ndarray:
         from musicgen_jax.audio import resample
 
@@ -247,11 +317,27 @@ class MusicGen:
         return jax.jit(lambda p, text, mask, exists: self.lm.apply(
             {"params": p}, text=text, text_mask=mask, text_exists=exists, method=MusicGenLM.encode_conditions))
 
-    def _conditions(self, descriptions, use_cfg: bool):
+    @cached_property
+    def _melody_conditions_fn(self):
+        return jax.jit(lambda p, text, mask, chroma: self.lm.apply(
+            {"params": p}, text=text, text_mask=mask, chroma=chroma, method=MusicGenLM.encode_conditions))
+
+    def _conditions(self, descriptions, use_cfg: bool, chroma: np.ndarray | None = None):
+        """Conditions of [conditional; null] (CFG) or conditional rows. chroma: melody models only."""
         text, mask = self.encode_text(descriptions)
         if use_cfg:  # [conditional; null]: the null half is all-zero memory with an all-zero mask
             text = jnp.concatenate([text, jnp.zeros_like(text)])
             mask = jnp.concatenate([mask, jnp.zeros_like(mask)])
+        if self.config.lm.is_melody:  # [chroma, text] prepended; the null melody is one-hot on bin 0
+            from musicgen_jax.modules.chroma import null_chroma
+
+            frames = self.config.lm.chroma_frames
+            if chroma is None:
+                chroma = null_chroma(len(descriptions), frames)
+            if use_cfg:
+                chroma = np.concatenate([chroma, null_chroma(len(descriptions), frames)])
+            return self._melody_conditions_fn(self.lm_params, text, mask, jnp.asarray(chroma))
+        # (melody models returned above: their text is part of the prefix, not bucketed)
         # Bucket the text length so new prompts reuse the compiled decode loop; the added positions
         # are masked out of cross-attention (the batch's own padding stays visible, as in audiocraft).
         length = text.shape[1]
@@ -261,25 +347,37 @@ class MusicGen:
         exists = jnp.broadcast_to(jnp.arange(padded) < length, mask.shape)
         return self._conditions_fn(self.lm_params, text, mask, exists)
 
-    def _generate_tokens(self, descriptions, prompt_tokens, progress: bool, seed: int | None) -> jax.Array:
-        """Long-form aware: windows of max_duration, each restarting from the last (window - stride)."""
+    def _generate_tokens(self, descriptions, prompt_tokens, progress: bool, seed: int | None,
+                         melody=None) -> jax.Array:
+        """Long-form aware: windows of max_duration, each restarting from the last (window - stride).
+
+        melody: melody models only, a list of mono wavs at the model rate (or precomputed chroma); a
+        long-form window takes the chroma of its own span of the melody, as audiocraft does.
+        """
         params = self.generation_params
         total = int(params.duration * self.frame_rate)
         window = int(self.max_duration * self.frame_rate)
         stride = int(params.extend_stride * self.frame_rate)
         key = jax.random.PRNGKey(np.random.randint(0, 2 ** 31 - 1) if seed is None else seed)
-        conditions = self._conditions(descriptions, params.cfg_coef != 1.0)
+        use_cfg = params.cfg_coef != 1.0
+
+        def conditions_at(offset):
+            chroma = None if melody is None else self._melody_chroma(melody, offset)
+            return self._conditions(descriptions, use_cfg, chroma)
+
         reporter = _Progress(total, progress, self._progress_callback)
         if total <= window:
-            tokens = self._generate_window(conditions, prompt_tokens, total, key, reporter, 0)
+            tokens = self._generate_window(conditions_at(None), prompt_tokens, total, key, reporter, 0)
             reporter.close()
             return tokens
+        conditions = None if melody is not None and isinstance(melody, list) else conditions_at(None)
         pieces = [prompt_tokens] if prompt_tokens is not None else []
         offset = 0
         while True:
             frames = min(total - offset, window)
             key, sub = jax.random.split(key)
-            generated = self._generate_window(conditions, prompt_tokens, frames, sub, reporter, offset)
+            window_conditions = conditions if conditions is not None else conditions_at(offset)
+            generated = self._generate_window(window_conditions, prompt_tokens, frames, sub, reporter, offset)
             done = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
             pieces.append(generated[:, :, done:])
             if offset + frames >= total:
@@ -359,6 +457,15 @@ def _check_descriptions(descriptions, allow_none: bool = False) -> list:
         if not (isinstance(d, str) or (allow_none and d is None)):
             raise TypeError(f"each description must be a string, got {type(d).__name__}: {d!r}")
     return list(descriptions)
+
+
+def _check_chroma(chroma, batch: int, bins: int) -> np.ndarray:
+    chroma = np.asarray(chroma, np.float32)
+    if chroma.ndim != 3 or chroma.shape[0] != batch or chroma.shape[2] != bins or chroma.shape[1] == 0:
+        raise ValueError(f"chroma must have shape [{batch}, frames, {bins}], got {chroma.shape}")
+    if not np.isfinite(chroma).all():
+        raise ValueError("chroma contains NaN or infinite values")
+    return chroma
 
 
 def _generation_params_from_hf(directory: str) -> GenerationParams:

@@ -17,10 +17,12 @@ PROMPTS_SAME_LENGTH = ["happy rock guitar", "happy jazz piano"]  # 13 tokens eac
 PROMPTS_UNEQUAL = ["happy rock guitar", "soft jazz piano"]  # 13 and 8 tokens
 
 
-def build_reference(tmp_path, *, stereo=False, dim=32, layers=2, heads=4, seed=0):
-    """A random-weight transformers MusicGen saved in the real layout, with a trained spiece.model."""
+def build_reference(tmp_path, *, stereo=False, melody=False, dim=32, layers=2, heads=4, seed=0):
+    """A random-weight transformers MusicGen (or MusicgenMelody) saved in the real layout, with a
+    trained spiece.model."""
     from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, T5Config)
+                              MusicgenForConditionalGeneration, MusicgenMelodyConfig,
+                              MusicgenMelodyDecoderConfig, MusicgenMelodyForConditionalGeneration, T5Config)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -29,11 +31,16 @@ def build_reference(tmp_path, *, stereo=False, dim=32, layers=2, heads=4, seed=0
     codec = EncodecConfig(sampling_rate=32000, num_filters=4, upsampling_ratios=[4, 2], hidden_size=8,
                           codebook_size=32, target_bandwidths=[80.0], use_causal_conv=False,
                           use_conv_shortcut=False, normalize=False, chunk_length_s=None)
-    decoder = MusicgenDecoderConfig(vocab_size=32, hidden_size=dim, num_hidden_layers=layers,
-                                    num_attention_heads=heads, ffn_dim=4 * dim, num_codebooks=8 if stereo else 4,
-                                    audio_channels=2 if stereo else 1, pad_token_id=32, bos_token_id=32,
-                                    dropout=0.0)
-    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=t5, audio_encoder=codec, decoder=decoder))
+    decoder = dict(vocab_size=32, hidden_size=dim, num_hidden_layers=layers, num_attention_heads=heads,
+                   ffn_dim=4 * dim, num_codebooks=8 if stereo else 4, audio_channels=2 if stereo else 1,
+                   pad_token_id=32, bos_token_id=32, dropout=0.0)
+    if melody:
+        model = MusicgenMelodyForConditionalGeneration(MusicgenMelodyConfig(
+            text_encoder=t5, audio_encoder=codec, decoder=MusicgenMelodyDecoderConfig(**decoder),
+            num_chroma=12, chroma_length=235))
+    else:
+        model = MusicgenForConditionalGeneration(MusicgenConfig(
+            text_encoder=t5, audio_encoder=codec, decoder=MusicgenDecoderConfig(**decoder)))
     model.set_attn_implementation("eager")
     widen_(model, seed)
     with torch.no_grad():  # spread the codec's codebooks over its latents (they initialise to zeros)
@@ -45,7 +52,8 @@ def build_reference(tmp_path, *, stereo=False, dim=32, layers=2, heads=4, seed=0
     return model
 
 
-def reference_generate(model, mg: MusicGen, prompts, frames: int, cfg: float = 3.0, audiocraft_padding=False):
+def reference_generate(model, mg: MusicGen, prompts, frames: int, cfg: float = 3.0, audiocraft_padding=False,
+                       **generate_kwargs):
     """transformers greedy generation -> (tokens [B, K, T], audio [B, C, N]).
 
     audiocraft_padding: emulate audiocraft's unmasked text padding in transformers: T5 runs with the
@@ -76,7 +84,7 @@ def reference_generate(model, mg: MusicGen, prompts, frames: int, cfg: float = 3
             kwargs["encoder_outputs"] = BaseModelOutput(last_hidden_state=hidden)
             mask = torch.cat([torch.ones_like(mask), torch.zeros_like(mask)])
         audio = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, guidance_scale=cfg,
-                               max_new_tokens=frames + delay, **kwargs)
+                               max_new_tokens=frames + delay, **kwargs, **generate_kwargs)
     model.audio_encoder.decode = decode
     codes = captured["codes"]
     tokens = torch.cat(codes, dim=1) if len(codes) == 1 else torch.stack([codes[0], codes[1]], 2).flatten(1, 2)
@@ -288,3 +296,66 @@ def test_cli_generate_offline_from_hub_cache(tiny, tmp_path, monkeypatch):
     assert os.path.isfile(tmp_path / "out" / "song_0.wav") and os.path.isfile(tmp_path / "out" / "song_1.wav")
     assert main(["generate", "x", "--model", "facebook/not-cached", "--out", str(out)]) == 2
     assert main(["generate", "x", "--model", "facebook/musicgen-tiny-test", "--duration", "-1"]) == 2
+
+
+def _melody_wavs():
+    """Two melodies of different lengths at 16 kHz: a rising arpeggio and a falling one (stereo)."""
+    rate = 16000
+
+    def notes(freqs, seconds):
+        t = np.arange(int(seconds * rate)) / rate
+        per = len(t) // len(freqs)
+        return np.concatenate([np.sin(2 * np.pi * f * t[:per]) for f in freqs]).astype(np.float32) * 0.5
+
+    up = notes([262, 330, 392, 523], 2.0)[None]
+    down = np.stack([notes([880, 698, 587, 440, 349], 1.3)] * 2)
+    return [up, down], rate
+
+
+def test_melody_greedy_matches_transformers(tmp_path):
+    from musicgen_jax.modules.chroma import extract_chroma
+
+    model = build_reference(tmp_path, melody=True)
+    mg = MusicGen.from_pretrained(str(tmp_path))
+    assert mg.config.lm.is_melody and mg.config.lm.chroma_frames == 235
+    greedy(mg, 100)
+    prompts = PROMPTS_SAME_LENGTH
+    wavs, rate = _melody_wavs()
+    wav, tokens = mg.generate_with_chroma(prompts, wavs, rate, return_tokens=True)
+    # the reference input: melodies mixed to mono, collated (zero-padded to the longest, as audiocraft
+    # and transformers' processor do), chroma at 32 kHz, tiled to 235 frames
+    from musicgen_jax.modules.chroma import fit_chroma_length
+
+    features = fit_chroma_length(extract_chroma([w.mean(0) for w in wavs], rate), 235)
+    assert (features[1].argmax(-1) == 0).any()  # no C in melody 1 (A F D A F): bin 0 is its padded tail
+    ref_tokens, ref_audio = reference_generate(model, mg, prompts, 100,
+                                               input_features=torch.from_numpy(features))
+    np.testing.assert_array_equal(np.asarray(tokens), ref_tokens)
+    assert snr_db(ref_audio, np.asarray(wav)) >= 60
+    # precomputed chroma gives the same, and the melody matters
+    _, same = mg.generate_with_chroma(prompts, chroma=features, return_tokens=True)
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(tokens))
+    _, other = mg.generate_with_chroma(prompts, chroma=features[::-1].copy(), return_tokens=True)
+    assert not np.array_equal(np.asarray(other), np.asarray(tokens))
+    # text-only generation on a melody model uses the null melody, like transformers without input_features
+    _, plain = mg.generate(prompts, return_tokens=True)
+    ref_plain, _ = reference_generate(model, mg, prompts, 100)
+    np.testing.assert_array_equal(np.asarray(plain), ref_plain)
+    # the CLI's --melody path
+    import soundfile as sf
+
+    from musicgen_jax.cli import main
+
+    sf.write(tmp_path / "melody.wav", wavs[0][0], rate)
+    out = tmp_path / "melody_out.wav"
+    assert main(["generate", "happy rock guitar", "--model", str(tmp_path), "--melody", str(tmp_path / "melody.wav"),
+                 "--duration", "0.02", "--greedy", "--out", str(out), "--quiet"]) == 0
+    assert sf.info(str(out)).frames == 80 * 8
+    with pytest.raises(ValueError, match="NaN"):
+        mg.generate_with_chroma(prompts, [np.full((1, 100), np.nan, np.float32)] * 2, rate)
+    with pytest.raises(ValueError, match="sample"):
+        mg.generate_with_chroma(prompts, wavs, -5)
+    with pytest.raises(ValueError, match="melodies"):
+        mg.generate_with_chroma(prompts, wavs[:1], rate)
+    with pytest.raises(ValueError, match="shape"):
+        mg.generate_with_chroma(prompts, np.zeros((2, 1, 1, 5), np.float32), rate)
