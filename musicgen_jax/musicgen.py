@@ -413,7 +413,8 @@ class MusicGen:
         # A stable (bound-method) callback keeps the jit cache warm; it forwards to the current reporter.
         self._reporter, self._window_offset = reporter, offset - 1
         callback = self._report_progress if reporter.active else None
-        out = decode_jit(self.lm, self.lm_params, conditions, buffer, start, steps - 1, key, settings, callback)
+        out = decode_jit(self.lm, self.lm_params, conditions, buffer, start, steps - 1, key, settings, callback,
+                         cache_dtype=self.lm.dtype)
         return revert_delay_sequence(out[:, :, :steps], frames, c.delays, c.special_token)
 
 
