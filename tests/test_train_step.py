@@ -105,10 +105,11 @@ def test_condition_dropout_gives_the_null_condition():
 
 
 def _run(model, cfg, mesh, batches, steps):
-    state, shardings = T.create_state(model, cfg.optim, cfg.steps, mesh)
+    state, shardings = T.create_state(model, cfg.optim, cfg.steps, mesh, compiler_options=cfg.compiler_options)
     t5_params, t5_shardings = T.place_t5(model, mesh)
     shapes = {k: v.shape for k, v in batches[0].items()}
-    step_fn = T.make_train_step(model, cfg.optim, cfg.steps, mesh, shardings, shapes, t5_shardings)
+    step_fn = T.make_train_step(model, cfg.optim, cfg.steps, mesh, shardings, shapes, t5_shardings,
+                                cfg.compiler_options)
     losses = []
     for i in range(steps):
         state, metrics = step_fn(state, S.global_batch(batches[i], mesh), t5_params)

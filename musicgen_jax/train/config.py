@@ -65,6 +65,7 @@ class MeshSection:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    num_devices: int | None = None  # use only the first N devices (single process); None: all
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ class DistributedSection:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
+    # XLA options for the compiled init and train step, e.g. {xla_backend_optimization_level: 0} to
+    # halve CPU compile times in tests; None: XLA's defaults
+    compiler_options: dict[str, Any] | None = None
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)

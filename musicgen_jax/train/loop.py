@@ -34,7 +34,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, model: TrainModel | None = None, mesh=None):
         distributed.initialize(cfg.distributed)
         self.cfg = cfg
-        self.mesh = mesh if mesh is not None else S.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        self.mesh = mesh if mesh is not None else _mesh(cfg)
         if cfg.data.batch_size % S.batch_divisor(self.mesh):
             raise ValueError(f"batch_size {cfg.data.batch_size} must be a multiple of data x fsdp = "
                              f"{S.batch_divisor(self.mesh)}")
@@ -48,11 +48,11 @@ class Trainer:
         if cfg.checkpoint.dir:
             self.checkpointer = Checkpointer(cfg.checkpoint.dir, keep=cfg.checkpoint.keep,
                                              every=cfg.checkpoint.every, async_save=cfg.checkpoint.async_save)
-        self._saved_step = None
+        self._saved_step = self._step = None
         self.state, self.shardings = self._restore_or_init()
         self.t5_params, t5_shardings = T.place_t5(self.model, self.mesh)
         self.step_fn = T.make_train_step(self.model, cfg.optim, cfg.steps, self.mesh, self.shardings,
-                                         self.data.batch_shapes(), t5_shardings)
+                                         self.data.batch_shapes(), t5_shardings, cfg.compiler_options)
 
     # ------------------------------------------------------------------ state
 
@@ -69,11 +69,14 @@ class Trainer:
                 self._saved_step = meta["step"]
                 return state, shardings
             log.warning("no usable checkpoint in %s: starting from scratch", cfg.checkpoint.dir)
-        return T.create_state(self.model, cfg.optim, cfg.steps, self.mesh, cfg.model.seed)
+        return T.create_state(self.model, cfg.optim, cfg.steps, self.mesh, cfg.model.seed, cfg.compiler_options)
 
     @property
     def step(self) -> int:
-        return int(self.state.step)
+        """Host-side copy of state.step (reading the device value each step would stall the pipeline)."""
+        if self._step is None:
+            self._step = int(self.state.step)
+        return self._step
 
     def save(self, *, force: bool = False) -> bool:
         """Checkpoint the current step if it is due (or `force`) and not saved yet."""
@@ -108,14 +111,15 @@ class Trainer:
             while self.step < last:
                 batch = S.global_batch(next(self.data), self.mesh)
                 self.state, step_metrics = self.step_fn(self.state, batch, self.t5_params)
+                self._step = step = self.step + 1
                 pending.append(step_metrics)
-                step = self.step
                 if step % cfg.log.every == 0 or step == last:
                     now = time.perf_counter()
                     seconds = (now - tick) / len(pending)
                     tick = now
                     history += self._flush(pending, step, seconds, flops, tokens, peak, board, bar)
                     pending = []
+                    board.flush()
                 self.save()
                 if guard.should_stop(step):
                     history += self._flush(pending, step, None, flops, tokens, peak, board, bar)
@@ -157,6 +161,15 @@ class Trainer:
     def close(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.close()
+
+
+def _mesh(cfg: TrainConfig):
+    devices = None
+    if cfg.mesh.num_devices is not None:
+        if jax.process_count() > 1:
+            raise ValueError("mesh.num_devices is for single-process runs")
+        devices = jax.devices()[: cfg.mesh.num_devices]
+    return S.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
 
 
 def _progress(enabled: bool, start: int, total: int):

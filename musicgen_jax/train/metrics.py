@@ -1,7 +1,7 @@
-"""Throughput accounting (model FLOPs, MFU) and metric sinks (TensorBoard, console).
+"""Throughput accounting (model FLOPs, MFU) and the TensorBoard sink.
 
 Model FLOPs per training step count matmuls only, forward x 3 (backward = 2 x forward), as in the
-PaLM / MaxText convention; the frozen T5 forward is counted once (no backward) and reported apart.
+PaLM / MaxText convention; the frozen T5 forward is counted once (it has no backward pass).
 For an LM of width d, L layers, feed-forward f, K codebooks of cardinality V, S sequence steps, a text
 memory of M tokens and a prefix of P steps (melody), per sequence:
     self-attention projections  L * 2 * (S + P) * 4 d^2
@@ -12,15 +12,12 @@ memory of M tokens and a prefix of P steps (melody), per sequence:
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
 from musicgen_jax.config import LMConfig, T5Config
-
-log = logging.getLogger(__name__)
 
 # dense bf16 peak FLOP/s per device, by substrings of jax's device_kind (lower case)
 PEAK_FLOPS = (
@@ -86,22 +83,22 @@ def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class TensorBoard:
-    """tensorboardX event files (process 0 only); silently absent when tensorboardX is missing."""
+    """Scalar event files for TensorBoard (process 0 only; events.py, no extra dependency)."""
 
     def __init__(self, logdir: str | None):
         self.writer = None
         if logdir and jax.process_index() == 0:
-            try:
-                from tensorboardX import SummaryWriter
-            except ImportError:
-                log.warning("tensorboardX is not installed: no TensorBoard events (pip install tensorboardX)")
-                return
-            self.writer = SummaryWriter(logdir)
+            from musicgen_jax.train.events import EventWriter
+
+            self.writer = EventWriter(logdir)
 
     def write(self, step: int, values: Mapping[str, float]) -> None:
         if self.writer is not None:
-            for name, value in values.items():
-                self.writer.add_scalar(name, value, step)
+            self.writer.scalars(step, dict(values))
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:

@@ -98,17 +98,19 @@ def state_shardings(model: TrainModel, optim: OptimSection, total_steps: int, me
 
 
 def create_state(model: TrainModel, optim: OptimSection, total_steps: int, mesh: Mesh,
-                 seed: int = 0) -> tuple[TrainState, TrainState]:
+                 seed: int = 0, compiler_options: dict[str, Any] | None = None) -> tuple[TrainState, TrainState]:
     """A fresh (random or pretrained) state placed on `mesh`, never unsharded on a device.
 
     Returns (state, its shardings)."""
     init_rng, random_state, from_params = _state_builders(model, optim, total_steps, seed)
     shardings = state_shardings(model, optim, total_steps, mesh, seed)
     if model.pretrained is None:
-        init = jax.jit(lambda r: nn.meta.unbox(random_state(r)), out_shardings=shardings)
+        init = jax.jit(lambda r: nn.meta.unbox(random_state(r)), out_shardings=shardings,
+                       compiler_options=compiler_options)
         return init(init_rng), shardings
     params = S.shard_like(model.pretrained, shardings.params)
-    init = jax.jit(from_params, in_shardings=(shardings.params,), out_shardings=shardings)
+    init = jax.jit(from_params, in_shardings=(shardings.params,), out_shardings=shardings,
+                   compiler_options=compiler_options)
     return init(params), shardings
 
 
@@ -210,12 +212,13 @@ def batch_shardings(batch_shapes: Mapping[str, tuple[int, ...]], mesh: Mesh) -> 
 
 def make_train_step(model: TrainModel, optim: OptimSection, total_steps: int, mesh: Mesh,
                     state_shardings: TrainState, batch_shapes: Mapping[str, tuple[int, ...]],
-                    t5_shardings: Any):
+                    t5_shardings: Any, compiler_options: dict[str, Any] | None = None):
     """jit of `train_step_fn` with explicit shardings; the state argument is donated."""
     replicated = S.replicated(mesh)
     return jax.jit(train_step_fn(model, optim, total_steps),
                    in_shardings=(state_shardings, batch_shardings(batch_shapes, mesh), t5_shardings),
-                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,),
+                   compiler_options=compiler_options)
 
 
 def place_t5(model: TrainModel, mesh: Mesh) -> tuple[Any, Any]:
