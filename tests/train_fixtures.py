@@ -144,3 +144,39 @@ def corrupt_checkpoint(directory: str, step: int) -> None:
         data[mid:mid + 16] = bytes(b ^ 0xFF for b in data[mid:mid + 16])
         f.seek(0)
         f.write(bytes(data))
+
+
+def random_tiny_codec(seed: int = 0, channels: int = 1):
+    """The tiny preset's EnCodec with random weights drawn on the host (no init compilation)."""
+    import jax
+
+    from musicgen_jax.codec import CompressionModel
+    from musicgen_jax.config import tiny
+    from musicgen_jax.convert.encodec import encodec_abstract_params
+
+    cfg = tiny().encodec
+    rng = np.random.default_rng(seed)
+
+    def draw(leaf):
+        fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
+        return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    return CompressionModel(cfg, jax.tree.map(draw, encodec_abstract_params(cfg)), channels)
+
+
+def write_audio(path: str, wav: np.ndarray, rate: int, caption: str | None = None) -> str:
+    """wav [C, N] -> audio file (format from the extension); caption -> same-stem .txt."""
+    import soundfile as sf
+
+    sf.write(path, np.asarray(wav, np.float32).T, rate)
+    if caption is not None:
+        with open(os.path.splitext(path)[0] + ".txt", "w") as f:
+            f.write(caption)
+    return path
+
+
+def tone(seconds: float, rate: int, freq: float = 440.0, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    wav = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.shape)
+    return np.repeat(wav[None], channels, axis=0).astype(np.float32)
