@@ -180,3 +180,26 @@ def tone(seconds: float, rate: int, freq: float = 440.0, channels: int = 1, seed
     t = np.arange(int(seconds * rate)) / rate
     wav = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.shape)
     return np.repeat(wav[None], channels, axis=0).astype(np.float32)
+
+
+def save_tiny_transformers_musicgen(directory: str, seed: int = 0) -> str:
+    """A random tiny transformers MusicGen (T5 width 24 != LM width 32, so it has a text projection;
+    the tiny EnCodec; a sentencepiece tokenizer) saved where `MusicGen.from_pretrained` can load it."""
+    import torch
+    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
+                              MusicgenForConditionalGeneration, T5Config)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    t5 = T5Config(vocab_size=128, d_model=24, d_kv=8, d_ff=32, num_layers=1, num_heads=3)
+    # 4 codebooks x log2(32) bits x 4000 frames/s = 80 kbit/s
+    codec = EncodecConfig(num_filters=4, upsampling_ratios=[4, 2], hidden_size=8, codebook_size=32,
+                          num_lstm_layers=2, target_bandwidths=[80.0], sampling_rate=32000, use_causal_conv=False,
+                          use_conv_shortcut=False, pad_mode="reflect", normalize=False, chunk_length_s=None)
+    decoder = MusicgenDecoderConfig(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    ffn_dim=64, num_codebooks=4, pad_token_id=32, bos_token_id=32, dropout=0.0)
+    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=t5, audio_encoder=codec, decoder=decoder))
+    model.save_pretrained(directory)
+    tiny_tokenizer(directory)
+    return directory

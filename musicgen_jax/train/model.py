@@ -76,8 +76,17 @@ def _load_pretrained(name: str):
         name = "facebook/" + mconfig.preset(name).name  # 'small' -> facebook/musicgen-small, as MusicGen does
     with jax.default_device(_host_device()):
         mg = MusicGen.from_pretrained(name)
+        lm_params = training_layout(mg.lm_params, mg.config.lm.num_layers)
     source = hub.resolve(name)
-    return mg.config, _to_numpy(mg.lm_params), _to_numpy(mg.t5_params), mg.tokenizer, source
+    return mg.config, _to_numpy(lm_params), _to_numpy(mg.t5_params), mg.tokenizer, source
+
+
+def training_layout(lm_params: Any, num_layers: int) -> Any:
+    """LM params in the scanned layout (layers stacked on a leading axis) that training uses; the
+    inference layout of `MusicGen` (`layers_0`, `layers_1`, ...) is converted."""
+    from musicgen_jax.modules.lm import stack_layers
+
+    return stack_layers(lm_params, num_layers) if "layers_0" in lm_params else lm_params
 
 
 def random_t5_params(t5_cfg, seed: int) -> Any:
