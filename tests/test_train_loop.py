@@ -38,7 +38,7 @@ def _losses(history):
 def full_run(world):
     """One uninterrupted run of STEPS steps, checkpointing every EVERY steps."""
     ckpt = os.path.join(world.root, "full-run")
-    trainer = _trainer(world, ckpt)
+    trainer = _trainer(world, ckpt, **{"log.jsonl": os.path.join(world.root, "single-process.jsonl")})
     history = trainer.run()
     trainer.close()
     return ckpt, _losses(history), history

@@ -82,6 +82,7 @@ class CheckpointSection:
 class LogSection:
     every: int = 10
     tensorboard: str | None = None  # event dir; default <checkpoint.dir>/tensorboard
+    jsonl: str | None = None  # also append every step's metrics to this file (process 0)
     progress: bool = True  # tqdm bar
     peak_tflops: float | None = None  # per device, for MFU; default from the device kind
 

@@ -100,8 +100,8 @@ class Trainer:
     def run(self, stop_at: int | None = None) -> list[dict[str, float]]:
         """Train until `cfg.steps` (or `stop_at`), a SIGTERM, or the end. Returns per-step metrics."""
         cfg, last = self.cfg, min(self.cfg.steps, stop_at or self.cfg.steps)
-        board = M.TensorBoard(cfg.log.tensorboard or (os.path.join(cfg.checkpoint.dir, "tensorboard")
-                                                      if cfg.checkpoint.dir else None))
+        board = M.MetricSink(cfg.log.tensorboard or (os.path.join(cfg.checkpoint.dir, "tensorboard")
+                                                     if cfg.checkpoint.dir else None), cfg.log.jsonl)
         peak = M.peak_flops(override_tflops=cfg.log.peak_tflops)
         flops, tokens = self._step_cost()
         bar = _progress(cfg.log.progress, self.step, last)

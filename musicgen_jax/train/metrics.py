@@ -1,4 +1,4 @@
-"""Throughput accounting (model FLOPs, MFU) and the TensorBoard sink.
+"""Throughput accounting (model FLOPs, MFU) and the metric sink (TensorBoard, JSON lines).
 
 Model FLOPs per training step count matmuls only, forward x 3 (backward = 2 x forward), as in the
 PaLM / MaxText convention; the frozen T5 forward is counted once (it has no backward pass).
@@ -12,6 +12,8 @@ memory of M tokens and a prefix of P steps (melody), per sequence:
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Mapping
 
 import jax
@@ -82,24 +84,34 @@ def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-class TensorBoard:
-    """Scalar event files for TensorBoard (process 0 only; events.py, no extra dependency)."""
+class MetricSink:
+    """Process 0 writes every step's scalars to TensorBoard event files (events.py, no extra
+    dependency) and/or a JSON-lines file."""
 
-    def __init__(self, logdir: str | None):
-        self.writer = None
-        if logdir and jax.process_index() == 0:
+    def __init__(self, tensorboard: str | None, jsonl: str | None = None):
+        self.writer = self.jsonl = None
+        if jax.process_index() != 0:
+            return
+        if tensorboard:
             from musicgen_jax.train.events import EventWriter
 
-            self.writer = EventWriter(logdir)
+            self.writer = EventWriter(tensorboard)
+        if jsonl:
+            os.makedirs(os.path.dirname(os.path.abspath(jsonl)), exist_ok=True)
+            self.jsonl = open(jsonl, "a")
 
     def write(self, step: int, values: Mapping[str, float]) -> None:
         if self.writer is not None:
             self.writer.scalars(step, dict(values))
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
 
     def flush(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
+        for f in (self.writer, self.jsonl):
+            if f is not None:
+                f.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for f in (self.writer, self.jsonl):
+            if f is not None:
+                f.close()
