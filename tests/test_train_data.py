@@ -36,8 +36,8 @@ def _records(directory):
 
 
 def _options(**kw):
-    return PrepareOptions(**{"segment_seconds": SEGMENT, "encode_batch": 4, "records_per_shard": 4,
-                             "progress": False, **kw})
+    return PrepareOptions(**{"segment_seconds": SEGMENT, "min_segment_ratio": 0.5, "encode_batch": 4,
+                             "records_per_shard": 4, "progress": False, **kw})
 
 
 def test_prepare_skips_and_reports_bad_files(codec, tmp_path):

@@ -2,6 +2,8 @@
 step on a (2, 2, 2) mesh of 8 fake CPU devices against the single-device step."""
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +41,16 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(None, ["optim.lr=fast"])
     with pytest.raises(ValueError, match="multiple of accum_steps"):
         load_config(None, ["data.batch_size=6", "optim.accum_steps=4"])
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "medium", "large", "finetune-small"])
+def test_recipes_load(name):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "configs", "train", f"{name}.yaml"))
+    assert cfg.optim.b2 == 0.95 and cfg.optim.grad_clip == 1.0
+    if name in ("small", "medium", "large"):  # the paper's recipe
+        assert cfg.data.batch_size == 192 and cfg.data.segment_seconds == 30 and cfg.optim.warmup_steps == 4000
+        assert cfg.optim.weight_decay == 0.1 and cfg.optim.ema_decay == 0.99 and cfg.optim.cond_dropout == 0.3
 
 
 def test_mesh_shape_resolution():
@@ -149,3 +161,70 @@ def test_sharded_step_equals_single_device_step(world):
     mu = state.opt_state[1][0].mu["layers"]["fc1"]["kernel"]
     assert mu.sharding.spec == P(None, "fsdp", "tensor")
     assert state.ema["layers"]["fc1"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
+
+
+# ------------------------------------------------------------------------------------ shapes only
+
+
+def _abstract_model(cfg, dtype=jnp.float32, remat=False):
+    """A TrainModel with abstract text-encoder weights (nothing allocated)."""
+    from musicgen_jax.convert.t5 import t5_abstract_params
+    from musicgen_jax.modules.lm import MusicGenLM
+    from musicgen_jax.modules.t5 import T5Encoder
+    from musicgen_jax.train.model import TrainModel
+
+    return TrainModel(config=cfg, lm=MusicGenLM(cfg.lm, dtype=dtype, remat=remat), t5=T5Encoder(cfg.t5),
+                      t5_params=t5_abstract_params(cfg.t5), tokenizer=None)
+
+
+def _abstract_batch(cfg, batch, frames, text):
+    lm = cfg.lm
+    shapes = {"codes": (batch, lm.num_codebooks, frames), "frames": (batch,), "text_ids": (batch, text),
+              "text_mask": (batch, text)}
+    if lm.is_melody:
+        shapes["chroma"] = (batch, lm.chroma_frames)
+    return {k: jax.ShapeDtypeStruct(v, jnp.int32) for k, v in shapes.items()}
+
+
+def _step_shapes(model, optim, batch):
+    import flax.linen as nn
+
+    _, random_state, _ = T._state_builders(model, optim, 10, 0)
+    state = nn.meta.unbox(jax.eval_shape(random_state, jax.random.PRNGKey(0)))
+    return jax.eval_shape(T.train_step_fn(model, optim, 10), state, batch, model.t5_params)
+
+
+@pytest.mark.parametrize("name", ["tiny-melody", "tiny-stereo"])
+def test_step_traces_for_melody_and_stereo_in_bf16_with_remat(name):
+    from musicgen_jax.train.config import OptimSection
+    from musicgen_jax.train.model import preset_config
+
+    cfg = preset_config(name)
+    model = _abstract_model(cfg, jnp.bfloat16, remat=True)
+    state, metrics = _step_shapes(model, OptimSection(accum_steps=2, cond_dropout=0.2), _abstract_batch(cfg, 4, 6, 5))
+    assert metrics["ce"].shape == (cfg.lm.num_codebooks,) and metrics["loss"].dtype == jnp.float32
+    assert state.params["embeddings"].dtype == jnp.float32  # master weights stay float32
+
+
+def test_musicgen_small_sharding_plan():
+    """Full-size shapes (nothing allocated): on a (2, 2, 2) mesh each device holds about a quarter of
+    the parameters and optimizer state; the step traces at 30 s x batch 8 in bf16 with remat."""
+    from musicgen_jax.train.config import OptimSection
+    from musicgen_jax.train.metrics import train_step_flops
+    from musicgen_jax.train.model import preset_config
+
+    cfg = preset_config("musicgen-small")
+    model = _abstract_model(cfg, jnp.bfloat16, remat=True)
+    mesh = S.make_mesh(2, 2, 2)
+    shardings = T.state_shardings(model, OptimSection(), 10, mesh)
+    target = T.abstract_state(shardings, model, OptimSection(), 10)
+    total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(target))
+    per_device = sum(np.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(target))
+    assert total > 4 * 4e8  # params + 2 Adam moments + EMA of ~420M float32 parameters
+    assert per_device < 0.3 * total, per_device / total
+    _, metrics = _step_shapes(model, OptimSection(), _abstract_batch(cfg, 8, 1500, 32))
+    assert metrics["ce"].shape == (4,)
+    # model FLOPs: about 6 x (non-embedding parameters) x tokens, plus attention
+    flops = train_step_flops(cfg.lm, 8, 1501, 32, cfg.t5)
+    matmul_params = cfg.lm.num_layers * (8 * cfg.lm.dim ** 2 + 2 * cfg.lm.dim * cfg.lm.ffn_dim)
+    assert 1.0 < flops / (6 * matmul_params * 8 * 1501) < 1.6

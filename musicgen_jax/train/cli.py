@@ -65,7 +65,7 @@ def add_train_commands(subparsers) -> None:
                       help="EnCodec checkpoint, or a MusicGen checkpoint whose codec to use")
     prep.add_argument("--channels", type=int, default=None, help="2 for stereo models (default: the codec's)")
     prep.add_argument("--segment-seconds", type=float, default=30.0)
-    prep.add_argument("--min-segment-ratio", type=float, default=0.5,
+    prep.add_argument("--min-segment-ratio", type=float, default=0.8,
                       help="keep a last partial segment holding at least this share of a segment")
     prep.add_argument("--batch-size", type=int, default=8, help="segments per EnCodec call")
     prep.add_argument("--records-per-shard", type=int, default=1024)

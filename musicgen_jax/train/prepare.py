@@ -41,7 +41,7 @@ REPORT = "report.json"
 @dataclass(frozen=True)
 class PrepareOptions:
     segment_seconds: float = 30.0
-    min_segment_ratio: float = 0.5  # keep a last partial segment holding at least this share
+    min_segment_ratio: float = 0.8  # keep a last partial segment holding at least this share (audiocraft: 0.8)
     encode_batch: int = 8  # segments per jitted EnCodec call (the last batch is zero-padded)
     records_per_shard: int = 1024
     min_sample_rate: int = 16000
