@@ -23,6 +23,8 @@ setup(
         "huggingface_hub>=0.23",
         "tqdm>=4.60",
         "pyyaml>=6.0",
+        "grain>=0.2.10",  # training input pipeline
+        "array-record>=0.5",  # training shards (written directly by train/records.py)
     ],
     extras_require={
         # torch: pre-install torch==2.13.0 (CPU) first; an unpinned torch pulls the CUDA wheels.

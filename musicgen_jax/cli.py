@@ -1,4 +1,4 @@
-"""`musicgen-jax` command line: generate | codec encode/decode/roundtrip."""
+"""`musicgen-jax` command line: generate | prepare | train | export | codec encode/decode/roundtrip."""
 from __future__ import annotations
 
 import argparse
@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--melody", help="audio file whose melody (chroma) conditions a melody model")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=generate)
+
+    from musicgen_jax.train.cli import add_train_commands
+
+    add_train_commands(commands)  # prepare | train | export
 
     codec = commands.add_parser("codec", help="EnCodec: audio <-> codes")
     codec_cmds = codec.add_subparsers(dest="codec_command", required=True)
