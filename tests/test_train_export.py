@@ -59,3 +59,31 @@ def test_export_refuses_mismatched_models(base, tmp_path):
 
     with pytest.raises(ValueError, match="no text projection"):
         lm_state_dict({}, tiny().lm)  # text width == LM width: transformers has no projection to store
+
+
+def test_cli_prepare_and_export_checkpoint(base, tmp_path):
+    """`prepare` with the codec of a MusicGen checkpoint, and `export` of a training checkpoint."""
+    from musicgen_jax.train import cli
+    from musicgen_jax.train.checkpoint import Checkpointer
+    from musicgen_jax.train.config import load_config, to_dict
+    from musicgen_jax.train.records import read_index
+    from tests.train_fixtures import tone, write_audio
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    write_audio(str(audio / "a.wav"), tone(0.25, 44100), 44100, "a test tone")
+    assert cli.main(["prepare", str(audio), str(tmp_path / "data"), "--codec", base, "--segment-seconds", "0.1",
+                     "--quiet"]) == 0
+    assert read_index(str(tmp_path / "data")).num_records == 2  # the 0.05 s tail is below the 0.8 ratio
+
+    cfg = load_config(None, [f"model.init_from={base}", "steps=10"])
+    model = build_model(cfg.model)
+    state, _ = T.create_state(model, cfg.optim, cfg.steps, single_device_mesh())
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+    ckpt.save(3, state, {"config": to_dict(cfg), "data": {}}, force=True)
+    ckpt.close()
+    assert cli.main(["export", str(tmp_path / "ckpt"), str(tmp_path / "export")]) == 0
+    from musicgen_jax.convert.lm import load_transformers_lm
+
+    _, exported = load_transformers_lm(str(tmp_path / "export"))
+    jax.tree.map(np.testing.assert_array_equal, exported, jax.tree.map(np.asarray, state.ema))

@@ -101,7 +101,8 @@ class DistributedSection:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000
+    steps: int = 1000  # total updates (the learning-rate schedule spans them)
+    stop_after: int | None = None  # end this invocation after N more steps (time-limited jobs); resume later
     # XLA options for the compiled init and train step, e.g. {xla_backend_optimization_level: 0} to
     # halve CPU compile times in tests; None: XLA's defaults
     compiler_options: dict[str, Any] | None = None
@@ -117,6 +118,8 @@ class TrainConfig:
         o = self.optim
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ValueError(f"stop_after must be >= 1, got {self.stop_after}")
         if o.accum_steps < 1 or self.data.batch_size % o.accum_steps:
             raise ValueError(f"batch_size {self.data.batch_size} must be a multiple of accum_steps {o.accum_steps}")
         if not 0 <= o.cond_dropout < 1:

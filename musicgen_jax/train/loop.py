@@ -98,8 +98,11 @@ class Trainer:
         return M.train_step_flops(lm, b, t + 1, self.cfg.data.max_text_tokens, t5), b * (t + 1)
 
     def run(self, stop_at: int | None = None) -> list[dict[str, float]]:
-        """Train until `cfg.steps` (or `stop_at`), a SIGTERM, or the end. Returns per-step metrics."""
-        cfg, last = self.cfg, min(self.cfg.steps, stop_at or self.cfg.steps)
+        """Train until `cfg.steps`, `stop_at`, `cfg.stop_after` more steps, or a SIGTERM.
+        Returns the metrics of every step run."""
+        cfg = self.cfg
+        limits = [cfg.steps, stop_at, None if cfg.stop_after is None else self.step + cfg.stop_after]
+        last = min(x for x in limits if x is not None)
         board = M.MetricSink(cfg.log.tensorboard or (os.path.join(cfg.checkpoint.dir, "tensorboard")
                                                      if cfg.checkpoint.dir else None), cfg.log.jsonl)
         peak = M.peak_flops(override_tflops=cfg.log.peak_tflops)

@@ -163,11 +163,15 @@ def _loss_fn(model: TrainModel):
 
 
 def _update_ema(ema: Any, params: Any, step: Array, optim: OptimSection) -> Any:
+    """ema <- d * ema + (1 - d) * params every `ema_every` steps (a cond: no pass over the weights
+    on the other steps)."""
     if ema is None:
         return None
-    do = step % optim.ema_every == 0
     d = optim.ema_decay
-    return jax.tree.map(lambda e, p: jnp.where(do, d * e + (1 - d) * p, e), ema, params)
+    mix = lambda e: jax.tree.map(lambda a, p: d * a + (1 - d) * p, e, params)  # noqa: E731
+    if optim.ema_every == 1:
+        return mix(ema)
+    return jax.lax.cond(step % optim.ema_every == 0, mix, lambda e: e, ema)
 
 
 def train_step_fn(model: TrainModel, optim: OptimSection, total_steps: int):
@@ -181,19 +185,26 @@ def train_step_fn(model: TrainModel, optim: OptimSection, total_steps: int):
     grad_fn = jax.value_and_grad(_loss_fn(model), has_aux=True)
     lm_cfg = model.config.lm
 
+    def gradients(batch, params, t5_params, counts):
+        """-> (gradients of the global loss, per-codebook NLL sums [K]); micro-batches are scanned."""
+        if optim.accum_steps == 1:
+            (_, nll), grads = grad_fn(params, t5_params, batch, counts)
+            return grads, nll
+
+        def accumulate(carry, mb):
+            grads, nll = carry
+            (_, mb_nll), g = grad_fn(params, t5_params, mb, counts)
+            return (jax.tree.map(jnp.add, grads, g), nll + mb_nll), None
+
+        zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((lm_cfg.num_codebooks,), jnp.float32))
+        (grads, nll), _ = jax.lax.scan(accumulate, zeros, _micro_batches(batch, optim.accum_steps))
+        return grads, nll
+
     def step(state: TrainState, batch: Mapping[str, Array], t5_params: Any):
         b, _, t = batch["codes"].shape
         counts = jnp.maximum(L.codebook_counts(batch["frames"], t, lm_cfg.delays), 1.0)  # [K]
         keep = L.keep_conditions(jax.random.fold_in(state.rng, state.step), b, optim.cond_dropout)  # [B]
-        micro = _micro_batches(dict(batch, keep=keep), optim.accum_steps)
-
-        def accumulate(carry, mb):
-            grads, nll = carry
-            (_, mb_nll), g = grad_fn(state.params, t5_params, mb, counts)
-            return (jax.tree.map(jnp.add, grads, g), nll + mb_nll), None
-
-        zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((lm_cfg.num_codebooks,), jnp.float32))
-        (grads, nll), _ = jax.lax.scan(accumulate, zeros, micro)
+        grads, nll = gradients(dict(batch, keep=keep), state.params, t5_params, counts)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ce = nll / counts  # [K]
