@@ -5,7 +5,8 @@
 
 Both sides run one full optimizer update from random weights on the same shapes: the frozen T5
 encoder (no gradient), the decoder forward and backward on the delayed codes (T + 1 steps, audiocraft's
-teacher forcing), per-codebook cross-entropy, global-norm clipping and AdamW (plus, on ours, the recipe's EMA every 10 steps; --ema-decay 0 turns it off).
+teacher forcing), per-codebook cross-entropy, global-norm clipping and AdamW (plus, on ours, the
+recipe's EMA every 10 steps; --ema-decay 0 turns it off).
 PyTorch: `MusicgenForConditionalGeneration` (its decoder is `MusicgenForCausalLM`) with the text
 encoder frozen, `torch.optim.AdamW`, bf16 autocast when --dtype bfloat16. Ours: `trainer.make_train_step`
 on one device. Reported: median step time, LM tokens/s (batch x (T + 1)), model FLOP/s and MFU
@@ -85,9 +86,10 @@ def bench_torch(args, cfg) -> dict:
     torch.manual_seed(0)
     lm, t5 = cfg.lm, cfg.t5
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    decoder = MusicgenDecoderConfig(vocab_size=lm.codebook_size, hidden_size=lm.dim, num_hidden_layers=lm.num_layers,
-                                    num_attention_heads=lm.num_heads, ffn_dim=lm.ffn_dim, num_codebooks=lm.num_codebooks,
-                                    pad_token_id=lm.codebook_size, bos_token_id=lm.codebook_size, dropout=0.0)
+    decoder = MusicgenDecoderConfig(
+        vocab_size=lm.codebook_size, hidden_size=lm.dim, num_hidden_layers=lm.num_layers,
+        num_attention_heads=lm.num_heads, ffn_dim=lm.ffn_dim, num_codebooks=lm.num_codebooks,
+        pad_token_id=lm.codebook_size, bos_token_id=lm.codebook_size, dropout=0.0)
     text = T5Config(vocab_size=t5.vocab_size, d_model=t5.d_model, d_kv=t5.d_kv, d_ff=t5.d_ff, num_layers=t5.num_layers,
                     num_heads=t5.num_heads)
     codec = EncodecConfig(num_filters=4, upsampling_ratios=[2, 2], hidden_size=8, codebook_size=lm.codebook_size)
@@ -158,7 +160,7 @@ def main(argv=None) -> int:
     if not args.skip_torch:
         results.append(bench_torch(args, cfg))
     peak = peak_flops(override_tflops=args.peak_tflops)
-    print(f"\n| implementation | device | step (ms) | tokens/s | TFLOP/s | MFU |\n|---|---|---|---|---|---|")
+    print("\n| implementation | device | step (ms) | tokens/s | TFLOP/s | MFU |\n|---|---|---|---|---|---|")
     for r in results:
         r["tokens_per_s"] = tokens / r["step_s"]
         r["tflops"] = flops / r["step_s"] / 1e12

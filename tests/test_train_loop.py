@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import yaml
 
-from musicgen_jax.train.config import replace
 from musicgen_jax.train.loop import Trainer
 from tests.train_fixtures import compile_cache_env, single_device_mesh, train_world
 

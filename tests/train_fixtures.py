@@ -17,7 +17,6 @@ def synthetic_codes(rng: np.random.Generator, caption_index: int, num_codebooks:
     random start, so every frame after the first follows from the previous one and the caption."""
     stride = 1 + caption_index % 2
     start = rng.integers(0, card, size=(num_codebooks, 1))
-    q = np.arange(num_codebooks)[:, None]
     return ((start + stride * np.arange(frames)[None]) % card).astype(np.int16)
 
 

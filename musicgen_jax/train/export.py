@@ -89,7 +89,9 @@ def _tensor_specs(c: LMConfig) -> Iterator[tuple[str, tuple[str, ...], dict[str,
         yield f"decoder.lm_heads.{q}.weight", ("heads",), {"codebooks": q}, (("vocab",), ("embed",))
     yield f"{_DEC}layer_norm.weight", ("out_norm", "scale"), {}, (("embed",),)
     yield f"{_DEC}layer_norm.bias", ("out_norm", "bias"), {}, (("embed",),)
-    projections = [("enc_to_dec_proj", "text_proj")] + ([("audio_enc_to_dec_proj", "chroma_proj")] if c.is_melody else [])
+    projections = [("enc_to_dec_proj", "text_proj")]
+    if c.is_melody:
+        projections.append(("audio_enc_to_dec_proj", "chroma_proj"))
     for torch_name, ours in projections:
         yield f"{torch_name}.weight", (ours, "kernel"), {}, (("embed",), ("in",))
         yield f"{torch_name}.bias", (ours, "bias"), {}, (("embed",),)

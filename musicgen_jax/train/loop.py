@@ -91,79 +91,100 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def _step_cost(self) -> tuple[float, int]:
-        """(model FLOPs, LM sequence steps) of one update."""
-        b, _, t = self.data.batch_shapes()["codes"]
-        lm, t5 = self.model.config.lm, self.model.config.t5
-        return M.train_step_flops(lm, b, t + 1, self.cfg.data.max_text_tokens, t5), b * (t + 1)
-
     def run(self, stop_at: int | None = None) -> list[dict[str, float]]:
         """Train until `cfg.steps`, `stop_at`, `cfg.stop_after` more steps, or a SIGTERM.
         Returns the metrics of every step run."""
         cfg = self.cfg
         limits = [cfg.steps, stop_at, None if cfg.stop_after is None else self.step + cfg.stop_after]
         last = min(x for x in limits if x is not None)
-        board = M.MetricSink(cfg.log.tensorboard or (os.path.join(cfg.checkpoint.dir, "tensorboard")
-                                                     if cfg.checkpoint.dir else None), cfg.log.jsonl)
-        peak = M.peak_flops(override_tflops=cfg.log.peak_tflops)
-        flops, tokens = self._step_cost()
-        bar = _progress(cfg.log.progress, self.step, last)
-        history, pending = [], []
-        tick = time.perf_counter()
+        reporter = _Reporter(self, last)
         with PreemptionGuard() as guard:
             while self.step < last:
                 batch = S.global_batch(next(self.data), self.mesh)
                 self.state, step_metrics = self.step_fn(self.state, batch, self.t5_params)
                 self._step = step = self.step + 1
-                pending.append(step_metrics)
-                if step % cfg.log.every == 0 or step == last:
-                    now = time.perf_counter()
-                    seconds = (now - tick) / len(pending)
-                    tick = now
-                    history += self._flush(pending, step, seconds, flops, tokens, peak, board, bar)
-                    pending = []
-                    board.flush()
+                reporter.add(step, step_metrics, timed=step % cfg.log.every == 0 or step == last)
                 self.save()
                 if guard.should_stop(step):
-                    history += self._flush(pending, step, None, flops, tokens, peak, board, bar)
+                    reporter.add(step, None, timed=False)
                     self.save(force=True)
                     break
         if self.checkpointer is not None:
             if self.step >= last:
                 self.save(force=True)
             self.checkpointer.wait()
-        board.close()
-        if bar is not None:
-            bar.close()
-        return history
-
-    def _flush(self, pending, step, seconds, flops, tokens, peak, board, bar) -> list[dict[str, float]]:
-        """Fetch the metrics of the last steps (one device sync per log interval) and report them."""
-        rows = [M.scalars(m) for m in jax.device_get(pending)]
-        first = step - len(rows) + 1
-        for i, row in enumerate(rows):
-            row["step"] = first + i
-        if rows and seconds:
-            speed = {"step_seconds": seconds, "tokens_per_second": tokens / seconds}
-            value = M.mfu(flops, seconds, jax.device_count(), peak)
-            if value is not None:
-                speed["mfu"] = value
-            rows[-1].update(speed)
-        for row in rows:
-            board.write(row["step"], {k: v for k, v in row.items() if k != "step"})
-        if bar is not None and rows:
-            bar.update(len(rows))
-            shown = {"loss": f"{rows[-1]['loss']:.3f}"}
-            if "tokens_per_second" in rows[-1]:
-                shown["tok/s"] = f"{rows[-1]['tokens_per_second']:.0f}"
-            if "mfu" in rows[-1]:
-                shown["mfu"] = f"{rows[-1]['mfu']:.1%}"
-            bar.set_postfix(shown)
-        return rows
+        return reporter.close()
 
     def close(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.close()
+
+
+class _Reporter:
+    """Collects step metrics on device and reports them once per log interval (one device sync):
+    history rows, TensorBoard / JSON lines, the progress bar, tokens/s and MFU."""
+
+    def __init__(self, trainer: Trainer, last: int):
+        cfg = trainer.cfg
+        b, _, t = trainer.data.batch_shapes()["codes"]
+        lm, t5 = trainer.model.config.lm, trainer.model.config.t5
+        self.flops = M.train_step_flops(lm, b, t + 1, cfg.data.max_text_tokens, t5)  # per update
+        self.tokens = b * (t + 1)  # LM sequence steps per update
+        self.peak = M.peak_flops(override_tflops=cfg.log.peak_tflops)
+        events = cfg.log.tensorboard or (os.path.join(cfg.checkpoint.dir, "tensorboard") if cfg.checkpoint.dir
+                                         else None)
+        self.sink = M.MetricSink(events, cfg.log.jsonl)
+        self.bar = _progress(cfg.log.progress, trainer.step, last)
+        self.history: list[dict[str, float]] = []
+        self.pending: list[Any] = []
+        self.tick = time.perf_counter()
+
+    def add(self, step: int, metrics: Any, *, timed: bool) -> None:
+        """Queue one step's device metrics (None: nothing new); report the queue when `timed`, or
+        when metrics is None (the run stops early)."""
+        if metrics is not None:
+            self.pending.append(metrics)
+        if not self.pending or not (timed or metrics is None):
+            return
+        now = time.perf_counter()
+        seconds = (now - self.tick) / len(self.pending) if timed else None
+        self.tick = now
+        rows = [M.scalars(m) for m in jax.device_get(self.pending)]
+        self.pending = []
+        for i, row in enumerate(rows):
+            row["step"] = step - len(rows) + 1 + i
+        if seconds:
+            rows[-1].update(self._speed(seconds))
+        for row in rows:
+            self.sink.write(row["step"], {k: v for k, v in row.items() if k != "step"})
+        self.sink.flush()
+        self._show(rows)
+        self.history += rows
+
+    def _speed(self, seconds: float) -> dict[str, float]:
+        speed = {"step_seconds": seconds, "tokens_per_second": self.tokens / seconds}
+        value = M.mfu(self.flops, seconds, jax.device_count(), self.peak)
+        if value is not None:
+            speed["mfu"] = value
+        return speed
+
+    def _show(self, rows: list[dict[str, float]]) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(len(rows))
+        last = rows[-1]
+        shown = {"loss": f"{last['loss']:.3f}"}
+        if "tokens_per_second" in last:
+            shown["tok/s"] = f"{last['tokens_per_second']:.0f}"
+        if "mfu" in last:
+            shown["mfu"] = f"{last['mfu']:.1%}"
+        self.bar.set_postfix(shown)
+
+    def close(self) -> list[dict[str, float]]:
+        self.sink.close()
+        if self.bar is not None:
+            self.bar.close()
+        return self.history
 
 
 def _mesh(cfg: TrainConfig):

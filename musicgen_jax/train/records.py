@@ -111,7 +111,8 @@ def shard_paths(directory: str, info: DatasetInfo) -> list[str]:
     return [os.path.join(directory, s["path"]) for s in info.shards if s["records"] > 0]
 
 
-def write_dataset(directory: str, records: Iterable[bytes], info: DatasetInfo, records_per_shard: int = 1024) -> DatasetInfo:
+def write_dataset(directory: str, records: Iterable[bytes], info: DatasetInfo,
+                  records_per_shard: int = 1024) -> DatasetInfo:
     """Write encoded records into shards + index (used for synthetic data and tests)."""
     os.makedirs(directory, exist_ok=True)
     info.shards = []

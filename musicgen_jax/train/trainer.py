@@ -50,7 +50,8 @@ def learning_rate(optim: OptimSection, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(optim: OptimSection, total_steps: int) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW (or D-Adaptation AdamW) with the warmup-cosine schedule."""
+    """Clip by global norm, then AdamW (or D-Adaptation AdamW) with the warmup-cosine schedule. Weight
+    decay applies to every parameter, as in audiocraft (which passes all LM parameters to its optimizer)."""
     schedule = learning_rate(optim, total_steps)
     if optim.optimizer == "dadapt_adamw":
         from optax.contrib import dadapt_adamw
