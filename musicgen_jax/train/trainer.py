@@ -27,6 +27,26 @@ from musicgen_jax.train.model import TrainModel
 
 Array = jax.Array
 
+_COMPILED: dict[tuple, Any] = {}  # jitted functions by what they depend on (see _memo)
+
+
+def _memo(key: tuple, build):
+    """One jitted function per key, so that a second Trainer of the same run (a resume in the same
+    process, a notebook re-run) reuses the traced and compiled step instead of tracing it again."""
+    if key not in _COMPILED:
+        if len(_COMPILED) >= 8:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = build()
+    return _COMPILED[key]
+
+
+def _model_key(model: TrainModel) -> tuple:
+    return (model.config, jnp.dtype(model.lm.dtype).name, model.lm.remat)
+
+
+def _options_key(options: dict[str, Any] | None) -> tuple:
+    return tuple(sorted((options or {}).items()))
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -105,13 +125,15 @@ def create_state(model: TrainModel, optim: OptimSection, total_steps: int, mesh:
     Returns (state, its shardings)."""
     init_rng, random_state, from_params = _state_builders(model, optim, total_steps, seed)
     shardings = state_shardings(model, optim, total_steps, mesh, seed)
+    key = ("init", _model_key(model), optim, total_steps, mesh, seed, model.pretrained is None,
+           _options_key(compiler_options))
     if model.pretrained is None:
-        init = jax.jit(lambda r: nn.meta.unbox(random_state(r)), out_shardings=shardings,
-                       compiler_options=compiler_options)
+        init = _memo(key, lambda: jax.jit(lambda r: nn.meta.unbox(random_state(r)), out_shardings=shardings,
+                                          compiler_options=compiler_options))
         return init(init_rng), shardings
     params = S.shard_like(model.pretrained, shardings.params)
-    init = jax.jit(from_params, in_shardings=(shardings.params,), out_shardings=shardings,
-                   compiler_options=compiler_options)
+    init = _memo(key, lambda: jax.jit(from_params, in_shardings=(shardings.params,), out_shardings=shardings,
+                                      compiler_options=compiler_options))
     return init(params), shardings
 
 
@@ -225,12 +247,15 @@ def batch_shardings(batch_shapes: Mapping[str, tuple[int, ...]], mesh: Mesh) -> 
 def make_train_step(model: TrainModel, optim: OptimSection, total_steps: int, mesh: Mesh,
                     state_shardings: TrainState, batch_shapes: Mapping[str, tuple[int, ...]],
                     t5_shardings: Any, compiler_options: dict[str, Any] | None = None):
-    """jit of `train_step_fn` with explicit shardings; the state argument is donated."""
-    replicated = S.replicated(mesh)
-    return jax.jit(train_step_fn(model, optim, total_steps),
-                   in_shardings=(state_shardings, batch_shardings(batch_shapes, mesh), t5_shardings),
-                   out_shardings=(state_shardings, replicated), donate_argnums=(0,),
-                   compiler_options=compiler_options)
+    """jit of `train_step_fn` with explicit shardings; the state argument is donated. The shardings
+    follow from the model and the mesh, so (model, optim, steps, mesh, batch shapes) identify it."""
+    key = ("step", _model_key(model), optim, total_steps, mesh, tuple(sorted(batch_shapes.items())),
+           _options_key(compiler_options))
+    return _memo(key, lambda: jax.jit(
+        train_step_fn(model, optim, total_steps),
+        in_shardings=(state_shardings, batch_shardings(batch_shapes, mesh), t5_shardings),
+        out_shardings=(state_shardings, S.replicated(mesh)), donate_argnums=(0,),
+        compiler_options=compiler_options))
 
 
 def place_t5(model: TrainModel, mesh: Mesh) -> tuple[Any, Any]:
