@@ -54,7 +54,7 @@ def tiny_overrides(data_dir: str, tokenizer_dir: str, **extra) -> list[str]:
     base = {
         "steps": 120, "model.preset": "tiny", "model.t5": "random", "model.tokenizer": tokenizer_dir,
         "data.train": data_dir, "data.batch_size": 8, "data.max_text_tokens": 8, "data.prefetch": 0,
-        "optim.lr": 1e-2, "optim.warmup_steps": 10, "optim.weight_decay": 0.0, "optim.cond_dropout": 0.1,
+        "optim.lr": 2e-2, "optim.warmup_steps": 10, "optim.weight_decay": 0.0, "optim.cond_dropout": 0.1,
         "mesh.data": -1, "log.progress": False, "log.every": 10,
         # halves XLA's CPU compile time, which dominates these tests
         "compiler_options": "{xla_backend_optimization_level: 0, xla_llvm_disable_expensive_passes: true}",
