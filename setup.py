@@ -10,8 +10,8 @@ setup(
     packages=find_packages(include=["musicgen_jax", "musicgen_jax.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "jax>=0.4.30",
-        "flax>=0.8.5",
+        "jax>=0.5.0",
+        "flax>=0.10.0",
         "optax>=0.2.2",
         "orbax-checkpoint>=0.5.20",
         "numpy>=1.24",
@@ -23,7 +23,7 @@ setup(
         "huggingface_hub>=0.23",
         "tqdm>=4.60",
         "pyyaml>=6.0",
-        "grain>=0.2.10",  # training input pipeline
+        "grain>=0.2.18",  # training input pipeline
         "array-record>=0.5",  # training shards (written directly by train/records.py)
     ],
     extras_require={
