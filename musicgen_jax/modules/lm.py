@@ -14,7 +14,7 @@ two references agree only when every prompt of the batch has the same token leng
 Entry points (one code path, the layers run under `nn.scan`, parameters stacked on a 'layers' axis):
   * `lm.apply(params, codes, text=..., text_mask=...)`: teacher-forced pass, no cache.
   * `conds = lm.apply(params, text=..., text_mask=..., chroma=..., method=MusicGenLM.encode_conditions)`
-    once per generation: cross-attention K/V of every layer (`Conditions.cross_kv`, [L, B, S, H, D])
+    once per generation: cross-attention K/V of every layer (`Conditions.cross_kv`, [L, B, H, S, D])
     or the projected prefix (melody, `Conditions.prefix`).
   * prefill: `logits, cache = lm.apply(params, codes, conditions=conds, cache=LMCache.zeros(...))`
     writes the keys/values of all given steps (and of the melody prefix) at `cache.index`;
@@ -41,8 +41,8 @@ Array = jax.Array
 class LMCache:
     """Self-attention cache of all layers; index: [] int32 steps written.
 
-    k, v: one array [L, B, max_len, H, D] for the scanned model (`scan_layers=True`), or a tuple of L
-    arrays [B, max_len, H, D] for the unrolled one, whose per-layer buffers update in place inside a
+    k, v: one array [L, B, H, max_len, D] for the scanned model (`scan_layers=True`), or a tuple of L
+    arrays [B, H, max_len, D] for the unrolled one, whose per-layer buffers update in place inside a
     decode loop. For melody models the prefix (chroma + text) counts as written steps.
     """
 
@@ -53,7 +53,7 @@ class LMCache:
     @classmethod
     def zeros(cls, config: LMConfig, batch: int, max_length: int, dtype=jnp.float32,
               stacked: bool = True) -> "LMCache":
-        shape = (batch, max_length, config.num_heads, config.head_dim)
+        shape = (batch, config.num_heads, max_length, config.head_dim)
         if stacked:
             shape = (config.num_layers, *shape)
             return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
@@ -66,8 +66,8 @@ class LMCache:
 class Conditions:
     """Conditioning computed once per generation.
 
-    cross_kv: cross-attention keys/values of every layer, CrossKV with k, v [L, B, S, H, D]
-      (scanned model) or tuples of L arrays [B, S, H, D] (unrolled), for cross-attention models.
+    cross_kv: cross-attention keys/values of every layer, CrossKV with k, v [L, B, H, S, D]
+      (scanned model) or tuples of L arrays [B, H, S, D] (unrolled), for cross-attention models.
     prefix: [B, P, dim] embeddings prepended to the codes (melody models: [chroma, text]), else None.
       Give it to the first call (full pass or prefill) only: use `without_prefix()` for decode steps.
     """
