@@ -50,24 +50,22 @@ class DecodeState:
     key: Array
 
 
-def _model_logits(lm: MusicGenLM, params, tokens: Array, conditions: Conditions, cache,
-                  settings: DecodeSettings) -> tuple[Array, Any]:
-    """tokens [B, K, T] -> guided logits of the last step [B, K, card], updated cache(s).
+def _guided_logits(lm: MusicGenLM, params, tokens: Array, conditions, cache,
+                   settings: DecodeSettings) -> tuple[Array, Any]:
+    """tokens [B, K, T] -> guided logits [B, K, T, card], updated cache(s).
 
-    conditions hold 2B rows ([conditional; null]) when CFG is on.
+    conditions: 2B rows ([conditional; null]) with CFG in one batch; a (conditional, null) pair of
+    halves with two_step_cfg (split once by `decode`, not every step); B rows without CFG.
     """
     if not settings.use_cfg:
-        logits, cache = lm.apply({"params": params}, tokens, conditions, cache)
-        return logits[:, :, -1], cache
+        return lm.apply({"params": params}, tokens, conditions, cache)
     if settings.two_step_cfg:
-        cond_c, null_c = _split_halves(conditions, lm.scan_layers)
-        cond, cache_c = lm.apply({"params": params}, tokens, cond_c, cache[0])
-        uncond, cache_n = lm.apply({"params": params}, tokens, null_c, cache[1])
-        cache = (cache_c, cache_n)
-    else:
-        both, cache = lm.apply({"params": params}, jnp.concatenate([tokens, tokens]), conditions, cache)
-        cond, uncond = jnp.split(both, 2)
-    return classifier_free_guidance(cond[:, :, -1], uncond[:, :, -1], settings.cfg_coef), cache
+        cond, cache_c = lm.apply({"params": params}, tokens, conditions[0], cache[0])
+        uncond, cache_n = lm.apply({"params": params}, tokens, conditions[1], cache[1])
+        return classifier_free_guidance(cond, uncond, settings.cfg_coef), (cache_c, cache_n)
+    both, cache = lm.apply({"params": params}, jnp.concatenate([tokens, tokens]), conditions, cache)
+    cond, uncond = jnp.split(both, 2)
+    return classifier_free_guidance(cond, uncond, settings.cfg_coef), cache
 
 
 def _split_halves(conditions: Conditions, scan_layers: bool) -> tuple[Conditions, Conditions]:
@@ -120,19 +118,23 @@ def decode(lm: MusicGenLM, params, conditions: Conditions, buffer: Array, start:
     # prefill: a static-length call; positions past `start` are junk that later steps overwrite
     # before they are ever attended (causal mask), and the cache index is reset to the true length.
     prefill = buffer[:, :, : settings.prefill_length]
-    logits_all, cache = _prefill_logits(lm, params, prefill, conditions, cache, settings)
+    step_conditions = conditions.without_prefix()
+    if settings.use_cfg and settings.two_step_cfg:
+        conditions = _split_halves(conditions, lm.scan_layers)
+        step_conditions = _split_halves(step_conditions, lm.scan_layers)
+    logits_all, cache = _guided_logits(lm, params, prefill, conditions, cache, settings)
     logits = jax.lax.dynamic_slice_in_dim(logits_all, start - 1, 1, axis=2)[:, :, 0]
     cache = _set_index(cache, prefix + start)
     key, sub = jax.random.split(key)
     buffer = _write_step(buffer, start, sample_next(sub, logits, settings.sampling))
-    step_conditions = conditions.without_prefix()
 
     def cond_fn(state: DecodeState):
         return state.step < end
 
     def body_fn(state: DecodeState) -> DecodeState:
         tokens = jax.lax.dynamic_slice_in_dim(state.buffer, state.step, 1, axis=2)  # [B, K, 1]
-        logits, cache = _model_logits(lm, params, tokens, step_conditions, state.cache, settings)
+        logits, cache = _guided_logits(lm, params, tokens, step_conditions, state.cache, settings)
+        logits = logits[:, :, -1]  # [B, K, card]
         key, sub = jax.random.split(state.key)
         buffer = _write_step(state.buffer, state.step + 1, sample_next(sub, logits, settings.sampling))
         if progress is not None and settings.progress_every:
@@ -142,20 +144,6 @@ def decode(lm: MusicGenLM, params, conditions: Conditions, buffer: Array, start:
 
     state = jax.lax.while_loop(cond_fn, body_fn, DecodeState(start, buffer, cache, key))
     return state.buffer
-
-
-def _prefill_logits(lm, params, tokens, conditions, cache, settings):
-    """All-step guided logits [B, K, T, card] of the prefill call."""
-    if not settings.use_cfg:
-        return lm.apply({"params": params}, tokens, conditions, cache)
-    if settings.two_step_cfg:
-        halves = _split_halves(conditions, lm.scan_layers)
-        cond, cache_c = lm.apply({"params": params}, tokens, halves[0], cache[0])
-        uncond, cache_n = lm.apply({"params": params}, tokens, halves[1], cache[1])
-        return classifier_free_guidance(cond, uncond, settings.cfg_coef), (cache_c, cache_n)
-    both, cache = lm.apply({"params": params}, jnp.concatenate([tokens, tokens]), conditions, cache)
-    cond, uncond = jnp.split(both, 2)
-    return classifier_free_guidance(cond, uncond, settings.cfg_coef), cache
 
 
 @functools.partial(jax.jit, static_argnames=("lm", "settings", "progress", "cache_dtype"))

@@ -375,3 +375,16 @@ def test_bf16_generation_runs(tiny, tmp_path):
     assert tokens.shape == (1, 4, 40) and tokens.min() >= 0 and tokens.max() < 32
     assert np.isfinite(np.asarray(wav)).all()
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(mg.lm_params))
+
+
+def test_two_step_cfg_equals_one_batch_cfg(tiny):
+    """Separate conditional / null passes (audiocraft's two_step_cfg) give the same greedy tokens."""
+    _, mg = tiny
+    greedy(mg, 40)
+    _, one_batch = mg.generate(PROMPTS_SAME_LENGTH, return_tokens=True)
+    mg.set_generation_params(two_step_cfg=True)
+    try:
+        _, two_step = mg.generate(PROMPTS_SAME_LENGTH, return_tokens=True)
+    finally:
+        mg.set_generation_params(two_step_cfg=False)
+    np.testing.assert_array_equal(np.asarray(two_step), np.asarray(one_batch))
