@@ -408,7 +408,7 @@ class MusicGen:
         settings = DecodeSettings(
             sampling=self.generation_params.sampling, cfg_coef=self.generation_params.cfg_coef,
             two_step_cfg=self.generation_params.two_step_cfg,
-            prefill_length=min(_bucket(start, self.bucket_frames), padded),
+            prefill_length=1 if start == 1 else min(_bucket(start, self.bucket_frames), padded),
             progress_every=self.bucket_frames if reporter.active else 0)
         # A stable (bound-method) callback keeps the jit cache warm; it forwards to the current reporter.
         self._reporter, self._window_offset = reporter, offset - 1

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from musicgen_jax.generate import decode_jit
+from musicgen_jax.generate import compiled_decode_programs
 from musicgen_jax.musicgen import MusicGen
 from tests.helpers import snr_db
 from tests.lm_fixtures import widen_
@@ -120,10 +120,10 @@ def test_text_changes_tokens(tiny):
     _, mg = tiny
     greedy(mg, 60)
     _, a = mg.generate(["happy rock guitar"], return_tokens=True)
-    compiled = decode_jit._cache_size()
+    compiled = compiled_decode_programs()
     _, b = mg.generate(["sad jazz piano"], return_tokens=True)  # 11 tokens vs 13: same 16-token bucket
     assert not np.array_equal(np.asarray(a), np.asarray(b))
-    assert decode_jit._cache_size() == compiled  # no recompilation for a new prompt length
+    assert compiled_decode_programs() == compiled  # no recompilation for a new prompt length
 
 
 def test_unequal_prompt_lengths_follow_audiocraft(tmp_path):

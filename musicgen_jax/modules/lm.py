@@ -272,8 +272,12 @@ class MusicGenLM(nn.Module):
         kv = None if cache is None else (cache.k, cache.v)
         x, new_kv = self._run_layers(x, kv, cross_kv, memory, offset)
         x = self.out_norm(x)[:, num_prefix:]
-        logits = jnp.einsum("btd,dkv->bktv", x.astype(self.dtype), jnp.asarray(self.heads).astype(self.dtype),
-                            preferred_element_type=jnp.float32)
+        heads = jnp.asarray(self.heads).astype(self.dtype)  # [dim, K, card]
+        batch, steps, dim = x.shape
+        # one 2-D GEMM: as a 3-D einsum XLA's CPU backend copied (transposed) the 32 MB head every step
+        logits = jnp.dot(x.astype(self.dtype).reshape(batch * steps, dim), heads.reshape(dim, -1),
+                         preferred_element_type=jnp.float32)  # [B*T, K*card]
+        logits = logits.reshape(batch, steps, *heads.shape[1:]).transpose(0, 2, 1, 3)  # [B, K, T, card]
         if cache is not None:
             cache = LMCache(new_kv[0], new_kv[1], offset + num_prefix + codes.shape[-1])
         return logits, cache
