@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 
 class ModelNotAvailableError(FileNotFoundError):
@@ -12,11 +13,14 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
-def resolve(name_or_path: str, allow_patterns: list[str] | None = None) -> str:
+def resolve(name_or_path: str, allow_patterns: list[str] | None = None,
+            complete: Callable[[str], bool] | None = None) -> str:
     """A local directory holding the checkpoint `name_or_path`.
 
     A directory is returned as is. Otherwise the name is a hub repo id ("facebook/musicgen-small"):
-    the local cache is tried first, then the hub unless HF_HUB_OFFLINE is set.
+    the local cache is tried first, then the hub unless HF_HUB_OFFLINE is set. `complete(directory)`
+    says whether a cached snapshot holds what the caller needs (a snapshot fetched for the tokenizer
+    alone has no weights); an incomplete one counts as not cached.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"model name or path must be a string, got {type(name_or_path).__name__}")
@@ -35,15 +39,20 @@ def resolve(name_or_path: str, allow_patterns: list[str] | None = None) -> str:
     from huggingface_hub.errors import (LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
+    cached = None
     try:
-        return snapshot_download(name, allow_patterns=allow_patterns, local_files_only=True)
+        cached = snapshot_download(name, allow_patterns=allow_patterns, local_files_only=True)
     except (LocalEntryNotFoundError, FileNotFoundError):
         pass
     except Exception as e:  # invalid repo id and the like
         raise ValueError(f"unknown model name {name!r}: {e}") from e
+    if cached is not None and (complete is None or complete(cached)):
+        return cached
     if _offline():
+        where = "is not in the Hugging Face cache" if cached is None else \
+            f"is only partly in the Hugging Face cache ({cached} lacks the files needed here)"
         raise ModelNotAvailableError(
-            f"{name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set. Download it on a "
+            f"{name!r} {where} and HF_HUB_OFFLINE is set. Download it on a "
             f"connected machine (`huggingface-cli download {name}`) or pass a local directory "
             "that holds the checkpoint.")
     try:

@@ -48,6 +48,12 @@ class GenerationParams:
         return SamplingParams(self.use_sampling, self.temperature, self.top_k, self.top_p)
 
 
+def _has_checkpoint(directory: str) -> bool:
+    """Whether a (cached) directory holds MusicGen weights in either layout."""
+    names = os.listdir(directory)
+    return "state_dict.bin" in names or any(n.startswith(("model.safetensors", "pytorch_model")) for n in names)
+
+
 def _bucket(n: int, size: int, cap: int | None = None) -> int:
     """Round n up to a multiple of `size` (at most `cap`, never below n)."""
     b = -(-n // size) * size
@@ -82,7 +88,7 @@ class MusicGen:
             from musicgen_jax.config import preset
 
             name_or_path = "facebook/" + preset(name_or_path).name  # 'small' -> facebook/musicgen-small
-        directory = hub.resolve(name_or_path)
+        directory = hub.resolve(name_or_path, complete=_has_checkpoint)
         if os.path.isfile(os.path.join(directory, "state_dict.bin")):
             return cls._from_audiocraft(directory, dtype)
         return cls._from_transformers(directory, dtype)

@@ -296,6 +296,10 @@ def test_cli_generate_offline_from_hub_cache(tiny, tmp_path, monkeypatch):
     assert os.path.isfile(tmp_path / "out" / "song_0.wav") and os.path.isfile(tmp_path / "out" / "song_1.wav")
     assert main(["generate", "x", "--model", "facebook/not-cached", "--out", str(out)]) == 2
     assert main(["generate", "x", "--model", "facebook/musicgen-tiny-test", "--duration", "-1"]) == 2
+    # a cached snapshot without weights (only config.json fetched) is not taken for the model
+    put_in_hub_cache(str(tmp_path / "hub"), "facebook/musicgen-partial", {"config.json": str(source / "config.json")})
+    with pytest.raises(FileNotFoundError, match="only partly in the Hugging Face cache"):
+        MusicGen.from_pretrained("facebook/musicgen-partial")
 
 
 def _melody_wavs():

@@ -179,28 +179,13 @@ def _has_weights(directory: str) -> bool:
 
 
 def _resolve(name_or_path: str) -> str:
-    """Local dir of a checkpoint; from the hub: config, safetensors weights and the tokenizer model.
-
-    hub.resolve returns a cached snapshot as soon as one exists, even one that holds only other files
-    of the repo (e.g. just spiece.model, fetched for the tokenizer); the weights are then fetched.
-    """
-    directory = hub.resolve(name_or_path, allow_patterns=_HUB_PATTERNS)
+    """Local dir of a checkpoint; from the hub: config, safetensors weights and the tokenizer model
+    (torch pickles where the repo has no safetensors). A cached snapshot without weights (one fetched
+    for the tokenizer alone) does not count as cached."""
+    directory = hub.resolve(name_or_path, allow_patterns=_HUB_PATTERNS, complete=_has_weights)
     if _has_weights(directory) or os.path.isdir(os.path.expanduser(os.fspath(name_or_path))):
         return directory
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        raise hub.ModelNotAvailableError(
-            f"the cached copy of {name_or_path!r} ({directory}) has no weights and HF_HUB_OFFLINE is "
-            f"set; download them on a connected machine (`huggingface-cli download {name_or_path}`).")
-    from huggingface_hub import snapshot_download
-
-    try:
-        directory = snapshot_download(os.fspath(name_or_path), allow_patterns=_HUB_PATTERNS)
-        if not _has_weights(directory):  # a repo with torch pickles only
-            directory = snapshot_download(os.fspath(name_or_path), allow_patterns=["pytorch_model*.bin*"])
-        return directory
-    except Exception as e:
-        raise hub.ModelNotAvailableError(
-            f"could not download the weights of {name_or_path!r} ({type(e).__name__}: {e})") from e
+    return hub.resolve(name_or_path, allow_patterns=["pytorch_model*.bin*"], complete=_has_weights)
 
 
 def load_t5(name_or_path: str) -> tuple[T5Config, dict]:
