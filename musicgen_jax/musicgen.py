@@ -50,8 +50,9 @@ class GenerationParams:
 
 def _has_checkpoint(directory: str) -> bool:
     """Whether a (cached) directory holds MusicGen weights in either layout."""
-    names = os.listdir(directory)
-    return "state_dict.bin" in names or any(n.startswith(("model.safetensors", "pytorch_model")) for n in names)
+    from musicgen_jax.convert.common import has_transformers_weights
+
+    return os.path.isfile(os.path.join(directory, "state_dict.bin")) or has_transformers_weights(directory)
 
 
 def _bucket(n: int, size: int, cap: int | None = None) -> int:

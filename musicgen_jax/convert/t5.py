@@ -24,8 +24,8 @@ import numpy as np
 
 from musicgen_jax import hub
 from musicgen_jax.config import T5Config
-from musicgen_jax.convert.common import (CheckpointError, StateDict, abstract_params, finish, linear,
-                                         load_transformers_weights)
+from musicgen_jax.convert.common import (CheckpointError, StateDict, abstract_params, finish,
+                                         has_transformers_weights, linear, load_transformers_weights)
 from musicgen_jax.modules.t5 import T5Encoder
 
 _SKIPPED_PREFIXES = ("decoder.", "lm_head.")
@@ -172,20 +172,14 @@ def _read_config(directory: str) -> dict:
         return json.load(f)
 
 
-def _has_weights(directory: str) -> bool:
-    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-             "pytorch_model.bin.index.json")
-    return any(os.path.isfile(os.path.join(directory, n)) for n in names)
-
-
 def _resolve(name_or_path: str) -> str:
     """Local dir of a checkpoint; from the hub: config, safetensors weights and the tokenizer model
     (torch pickles where the repo has no safetensors). A cached snapshot without weights (one fetched
     for the tokenizer alone) does not count as cached."""
-    directory = hub.resolve(name_or_path, allow_patterns=_HUB_PATTERNS, complete=_has_weights)
-    if _has_weights(directory) or os.path.isdir(os.path.expanduser(os.fspath(name_or_path))):
+    directory = hub.resolve(name_or_path, allow_patterns=_HUB_PATTERNS, complete=has_transformers_weights)
+    if has_transformers_weights(directory) or os.path.isdir(os.path.expanduser(os.fspath(name_or_path))):
         return directory
-    return hub.resolve(name_or_path, allow_patterns=["pytorch_model*.bin*"], complete=_has_weights)
+    return hub.resolve(name_or_path, allow_patterns=["pytorch_model*.bin*"], complete=has_transformers_weights)
 
 
 def load_t5(name_or_path: str) -> tuple[T5Config, dict]:
