@@ -269,6 +269,20 @@ def _assemble(config: LMConfig, fetch: Fetch) -> dict[tuple[str, ...], np.ndarra
     return flat
 
 
+def _with_top_level(config: LMConfig, reader: _Reader, templates: Mapping[str, str], fetch_rest):
+    """A `fetch` for `_assemble`: embeddings, heads and the output norm read by key templates ({} = the
+    codebook, or weight/bias), which are all that differs between layouts for them; the rest by fetch_rest."""
+    c = config
+    shapes = {"emb": (c.codebook_size + 1, c.dim), "head": (c.codebook_size, c.dim), "out_norm": (c.dim,)}
+
+    def fetch(kind, *idx):
+        if kind in shapes:
+            return reader.get(templates[kind].format(idx[0]), shapes[kind])
+        return fetch_rest(kind, *idx)
+
+    return fetch
+
+
 def _finish(config: LMConfig, flat, state: StateDict, reader: _Reader, what: str) -> Any:
     from musicgen_jax.modules.lm import abstract_lm_params
 
@@ -319,12 +333,6 @@ def lm_params_from_transformers(state: Mapping[str, np.ndarray], config: LMConfi
     }
 
     def fetch(kind, *idx):
-        if kind == "emb":
-            return r.get(f"{dec}embed_tokens.{idx[0]}.weight", (c.codebook_size + 1, dim))
-        if kind == "head":
-            return r.get(f"{heads}{idx[0]}.weight", (c.codebook_size, dim))
-        if kind == "out_norm":
-            return r.get(f"{dec}layer_norm.{idx[0]}", (dim,))
         if kind == "text_proj":
             return text_proj[idx[0]]
         if kind == "chroma_proj":
@@ -333,7 +341,9 @@ def lm_params_from_transformers(state: Mapping[str, np.ndarray], config: LMConfi
         key, shape = layer_keys[part]
         return r.get(f"{dec}layers.{layer}.{key}", shape)
 
-    flat = _assemble(c, fetch)
+    templates = {"emb": f"{dec}embed_tokens.{{}}.weight", "head": f"{heads}{{}}.weight",
+                 "out_norm": f"{dec}layer_norm.{{}}"}
+    flat = _assemble(c, _with_top_level(c, r, templates, fetch))
     return _finish(c, flat, sd, r, "transformers MusicGen LM")
 
 
@@ -365,12 +375,6 @@ def lm_params_from_audiocraft(state: Mapping[str, np.ndarray], config: LMConfig)
     conds = "condition_provider.conditioners."
 
     def fetch(kind, *idx):
-        if kind == "emb":
-            return r.get(f"emb.{idx[0]}.weight", (c.codebook_size + 1, dim))
-        if kind == "head":
-            return r.get(f"linears.{idx[0]}.weight", (c.codebook_size, dim))
-        if kind == "out_norm":
-            return r.get(f"out_norm.{idx[0]}", (dim,))
         if kind == "text_proj":
             shape = (dim, c.condition_dim) if idx[0] == "weight" else (dim,)
             return r.get(f"{conds}description.output_proj.{idx[0]}", shape)
@@ -384,7 +388,8 @@ def lm_params_from_audiocraft(state: Mapping[str, np.ndarray], config: LMConfig)
         key, shape = simple[part]
         return r.get(f"transformer.layers.{layer}.{key}", shape)
 
-    flat = _assemble(c, fetch)
+    templates = {"emb": "emb.{}.weight", "head": "linears.{}.weight", "out_norm": "out_norm.{}"}
+    flat = _assemble(c, _with_top_level(c, r, templates, fetch))
     return _finish(c, flat, sd, r, "audiocraft MusicGen LM")
 
 
