@@ -54,6 +54,15 @@ def codebook_nll(logits: Array, codes: Array, frames: Array, delays) -> Array:
     return jnp.where(loss_mask(frames, t, delays), nll, 0.0).sum(axis=(0, 2))
 
 
+def lm_nll(lm, params, codes: Array, frames: Array, **conditioning) -> Array:
+    """The LM's per-codebook NLL sums [K] on codes [B, K, T] (teacher forcing through the delay
+    pattern); conditioning: the LM's text / text_mask / chroma keywords."""
+    c = lm.config
+    x = model_input(codes, c.delays, c.special_token)  # [B, K, T + 1]
+    logits, _ = lm.apply({"params": params}, x, **conditioning)  # [B, K, T + 1, card] f32
+    return codebook_nll(logits, codes, frames, c.delays)
+
+
 def keep_conditions(key: Array, batch: int, dropout: float) -> Array:
     """[B] bool: True where a sample keeps its conditions (probability 1 - dropout)."""
     if dropout <= 0:

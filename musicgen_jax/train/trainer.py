@@ -171,15 +171,10 @@ def _conditions(model: TrainModel, t5_params: Any, batch: Mapping[str, Array], k
 
 
 def _loss_fn(model: TrainModel):
-    lm_cfg = model.config.lm
-
     def loss(params, t5_params, micro, counts):
         """-> (this micro-batch's share of the global loss, per-codebook NLL sums [K])."""
-        codes = micro["codes"]
         cond = _conditions(model, t5_params, micro, micro["keep"])
-        x = L.model_input(codes, lm_cfg.delays, lm_cfg.special_token)  # [b, K, T + 1]
-        logits, _ = model.lm.apply({"params": params}, x, **cond)  # [b, K, T + 1, card] f32
-        nll = L.codebook_nll(logits, codes, micro["frames"], lm_cfg.delays)  # [K]
+        nll = L.lm_nll(model.lm, params, micro["codes"], micro["frames"], **cond)  # [K]
         return jnp.mean(nll / counts), nll
 
     return loss
