@@ -19,6 +19,7 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
 
 from musicgen_jax.modules.lm import Conditions, LMCache, MusicGenLM
 from musicgen_jax.sampling import SamplingParams, classifier_free_guidance, sample_next
@@ -95,23 +96,40 @@ def init_caches(lm: MusicGenLM, batch: int, length: int, settings: DecodeSetting
     return zeros(2 * batch if settings.use_cfg else batch)
 
 
+def _constrain_caches(cache, mesh: Mesh):
+    """Cache buffers [rows, H, L, D]: rows over the batch axes, heads over `tensor`, like the attention
+    weights that fill them (an axis that does not divide its dimension is left out)."""
+    from musicgen_jax.train.sharding import logical_to_sharding
+
+    def constrain(x):
+        if x.ndim != 4:
+            return x
+        spec = logical_to_sharding(P("batch", "heads", None, "kv"), x.shape, mesh)
+        return jax.lax.with_sharding_constraint(x, spec)
+
+    return jax.tree.map(constrain, cache)
+
+
 def _set_index(cache, index: Array):
     return jax.tree.map(lambda c: c.replace(index=index), cache, is_leaf=lambda c: isinstance(c, LMCache))
 
 
 def decode(lm: MusicGenLM, params, conditions: Conditions, buffer: Array, start: Array, end: Array,
            key: Array, settings: DecodeSettings, progress: Callable[[Any], None] | None = None,
-           cache_dtype=jnp.float32) -> Array:
+           cache_dtype=jnp.float32, mesh: Mesh | None = None) -> Array:
     """Fill buffer [B, K, S] from step `start` to step `end` (inclusive); returns the buffer.
 
     Steps [0, start) must be fully known (prompt frames / specials). Traceable: jit it with `lm`,
-    `settings` and `progress` static.
+    `settings`, `progress`, `cache_dtype` and `mesh` static. mesh: the KV caches are laid out over it
+    (batch rows over data x fsdp, heads over tensor); the inputs carry their own shardings.
     """
     batch, _, total = buffer.shape
     prefix = 0
     if conditions.prefix is not None:
         prefix = conditions.prefix.shape[1]
     cache = init_caches(lm, batch, prefix + total, settings, cache_dtype)
+    if mesh is not None:
+        cache = _constrain_caches(cache, mesh)
     buffer = buffer.astype(jnp.int32)
     start = jnp.asarray(start, jnp.int32)
 
@@ -149,7 +167,7 @@ def decode(lm: MusicGenLM, params, conditions: Conditions, buffer: Array, start:
 # XLA:CPU hands matmuls to YNNPACK by default; for the few-row GEMMs of a decode step its Eigen path is
 # faster (musicgen-small, 16 rows: ~0.52 vs ~0.87 ms per 1024x1024 matmul, 2 cores). CPU only.
 _CPU_DECODE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-_STATIC = ("lm", "settings", "progress", "cache_dtype")
+_STATIC = ("lm", "settings", "progress", "cache_dtype", "mesh")
 
 
 @functools.cache
@@ -173,7 +191,7 @@ def compiled_decode_programs() -> int:
 
 
 def decode_jit(lm, params, conditions, buffer, start, end, key, settings, progress=None,
-               cache_dtype=jnp.float32):
-    """`decode`, jitted with `lm`, `settings`, `progress` and `cache_dtype` static."""
+               cache_dtype=jnp.float32, mesh: Mesh | None = None):
+    """`decode`, jitted with `lm`, `settings`, `progress`, `cache_dtype` and `mesh` static."""
     return _jitted_decode(jax.default_backend())(lm, params, conditions, buffer, start, end, key, settings,
-                                                  progress, cache_dtype)
+                                                  progress, cache_dtype, mesh)

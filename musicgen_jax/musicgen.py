@@ -16,12 +16,13 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
 
 from musicgen_jax import hub
 from musicgen_jax.codec import CompressionModel
 from musicgen_jax.config import MusicGenConfig, T5Config
 from musicgen_jax.generate import DecodeSettings, decode_jit
-from musicgen_jax.modules.lm import MusicGenLM, unstack_layers
+from musicgen_jax.modules.lm import MusicGenLM, dummy_inputs, unstack_layers
 from musicgen_jax.modules.t5 import T5Encoder
 from musicgen_jax.patterns import prompt_sequence, revert_delay_sequence
 from musicgen_jax.sampling import SamplingParams
@@ -80,19 +81,52 @@ class MusicGen:
         self.compression_model = compression_model
         self.generation_params = generation_params or GenerationParams()
         self._progress_callback: ProgressCallback | None = None
+        self.mesh: Mesh | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "facebook/musicgen-small", *, dtype=jnp.float32) -> "MusicGen":
-        """A hub name or a local directory, in the transformers or the audiocraft layout."""
+    def from_pretrained(cls, name_or_path: str = "facebook/musicgen-small", *, dtype=jnp.float32,
+                        mesh: Mesh | None = None) -> "MusicGen":
+        """A hub name or a local directory, in the transformers or the audiocraft layout.
+
+        mesh: generate across its devices (see `shard`)."""
         if isinstance(name_or_path, str) and "/" not in name_or_path and not os.path.exists(name_or_path):
             from musicgen_jax.config import preset
 
             name_or_path = "facebook/" + preset(name_or_path).name  # 'small' -> facebook/musicgen-small
         directory = hub.resolve(name_or_path, complete=_has_checkpoint)
         if os.path.isfile(os.path.join(directory, "state_dict.bin")):
-            return cls._from_audiocraft(directory, dtype)
-        return cls._from_transformers(directory, dtype)
+            mg = cls._from_audiocraft(directory, dtype)
+        else:
+            mg = cls._from_transformers(directory, dtype)
+        return mg if mesh is None else mg.shard(mesh)
+
+    def shard(self, mesh: Mesh) -> "MusicGen":
+        """Generate across the devices of `mesh` (axes data, fsdp, tensor: `train.sharding.make_mesh`).
+
+        The LM and T5 weights are placed by the same logical-axis rules as in training (heads, mlp
+        and vocab over `tensor`, embed over `fsdp`); each generation's rows (CFG halves included) are
+        split over data x fsdp when that divides the batch, and replicated otherwise. Tokens equal
+        those of one device. Single-process meshes (all devices of one host). Returns self.
+        """
+        from musicgen_jax.train.sharding import param_shardings
+
+        rng = jax.random.PRNGKey(0)
+        lm_boxed = jax.eval_shape(lambda: self.lm.init(rng, **dummy_inputs(self.config.lm)))
+        self.lm_params = jax.device_put(self.lm_params, param_shardings(lm_boxed, mesh)["params"])
+        ids = jnp.zeros((1, 1), jnp.int32)
+        t5_boxed = jax.eval_shape(lambda: self.t5.init(rng, ids, ids))
+        self.t5_params = jax.device_put(self.t5_params, param_shardings(t5_boxed, mesh)["params"])
+        self.mesh = mesh
+        return self
+
+    def _split_batch(self, tree):
+        """Leading (batch) dimension of every array over the mesh's batch axes (no-op without a mesh)."""
+        if self.mesh is None:
+            return tree
+        from musicgen_jax.train.sharding import logical_to_sharding
+
+        return jax.tree.map(lambda x: jax.device_put(x, logical_to_sharding(P("batch"), x.shape, self.mesh)), tree)
 
     @classmethod
     def _from_transformers(cls, directory: str, dtype) -> "MusicGen":
@@ -420,8 +454,9 @@ class MusicGen:
         # A stable (bound-method) callback keeps the jit cache warm; it forwards to the current reporter.
         self._reporter, self._window_offset = reporter, offset - 1
         callback = self._report_progress if reporter.active else None
+        buffer, conditions = self._split_batch((buffer, conditions))
         out = decode_jit(self.lm, self.lm_params, conditions, buffer, start, steps - 1, key, settings, callback,
-                         cache_dtype=self.lm.dtype)
+                         cache_dtype=self.lm.dtype, mesh=self.mesh)
         return revert_delay_sequence(out[:, :, :steps], frames, c.delays, c.special_token)
 
 
