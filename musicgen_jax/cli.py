@@ -81,7 +81,12 @@ def generate(args) -> int:
     prompts = _read_prompts(args)
     if args.duration is not None and not args.duration > 0:
         raise ValueError(f"--duration must be > 0 seconds, got {args.duration}")
-    model = MusicGen.from_pretrained(args.model)
+    mesh = None
+    if args.mesh:
+        from musicgen_jax.train.sharding import parse_mesh
+
+        mesh = parse_mesh(args.mesh)
+    model = MusicGen.from_pretrained(args.model, mesh=mesh)
     model.set_generation_params(duration=args.duration, use_sampling=False if args.greedy else None,
                                 top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                                 cfg_coef=args.cfg_coef, extend_stride=args.extend_stride)
@@ -127,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--extend-stride", type=float, default=None, help="long-form stride in seconds (18)")
     gen.add_argument("--melody", help="audio file whose melody (chroma) conditions a melody model")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.add_argument("--mesh", help="generate across devices, e.g. tensor=2 or data=4,tensor=2 (data: the rest); "
+                                    "fsdp gathers weights every step, so prefer data and tensor")
     gen.set_defaults(func=generate)
 
     from musicgen_jax.train.cli import add_train_commands

@@ -292,10 +292,13 @@ def test_cli_generate_offline_from_hub_cache(tiny, tmp_path, monkeypatch):
     assert rate == 32000 and data.shape == (80 * 8,)
     (tmp_path / "prompts.txt").write_text("happy rock guitar\n\nsoft jazz piano\n")
     assert main(["generate", "--prompts-file", str(tmp_path / "prompts.txt"), "--model",
-                 "facebook/musicgen-tiny-test", "--duration", "0.01", "--out", str(out), "--quiet"]) == 0
+                 "facebook/musicgen-tiny-test", "--duration", "0.01", "--out", str(out), "--quiet",
+                 "--mesh", "tensor=2"]) == 0  # 8 test devices: data 4 x tensor 2
     assert os.path.isfile(tmp_path / "out" / "song_0.wav") and os.path.isfile(tmp_path / "out" / "song_1.wav")
     assert main(["generate", "x", "--model", "facebook/not-cached", "--out", str(out)]) == 2
     assert main(["generate", "x", "--model", "facebook/musicgen-tiny-test", "--duration", "-1"]) == 2
+    assert main(["generate", "x", "--model", "facebook/musicgen-tiny-test", "--mesh", "model=2"]) == 2
+    assert main(["generate", "x", "--model", "facebook/musicgen-tiny-test", "--mesh", "tensor=3"]) == 2
     # a cached snapshot without weights (only config.json fetched) is not taken for the model
     put_in_hub_cache(str(tmp_path / "hub"), "facebook/musicgen-partial", {"config.json": str(source / "config.json")})
     with pytest.raises(FileNotFoundError, match="only partly in the Hugging Face cache"):

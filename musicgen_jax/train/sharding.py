@@ -75,6 +75,18 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     return Mesh(arr, MESH_AXES)
 
 
+def parse_mesh(spec: str, devices: Sequence[Any] | None = None) -> Mesh:
+    """'tensor=2' or 'data=2,fsdp=1,tensor=4' -> make_mesh(...); `data` defaults to the rest of the devices."""
+    sizes: dict[str, int] = {}
+    for part in spec.split(","):
+        name, _, value = part.strip().partition("=")
+        if name not in MESH_AXES or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"mesh {spec!r}: expected comma-separated AXIS=SIZE with AXIS in "
+                             f"{', '.join(MESH_AXES)} (e.g. data=2,tensor=2)")
+        sizes[name] = int(value)
+    return make_mesh(devices=devices, **sizes)
+
+
 def check_rules(logical_specs: Any, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> None:
     """Raise if a parameter uses a logical axis name the rules do not mention."""
     known = {name for name, _ in rules}
