@@ -457,6 +457,8 @@ class MusicGen:
         buffer, conditions = self._split_batch((buffer, conditions))
         out = decode_jit(self.lm, self.lm_params, conditions, buffer, start, steps - 1, key, settings, callback,
                          cache_dtype=self.lm.dtype, mesh=self.mesh)
+        if callback is not None:  # progress callbacks run asynchronously: none may reach the next reporter
+            jax.effects_barrier()
         return revert_delay_sequence(out[:, :, :steps], frames, c.delays, c.special_token)
 
 

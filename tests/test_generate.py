@@ -422,7 +422,11 @@ def test_sharded_generation_equals_one_device(tiny):
 
     prompts = PROMPTS_SAME_LENGTH + ["slow sad violin"]  # 3 rows: not split, still correct
     for m in (mg, sharded):
-        m.set_generation_params(duration=30 / m.frame_rate, use_sampling=True, top_k=5, cfg_coef=3.0)
+        m.set_generation_params(duration=120 / m.frame_rate, use_sampling=True, top_k=5, cfg_coef=3.0)
     _, want = mg.generate(prompts, return_tokens=True, seed=1)
+    seen = []
+    sharded.set_custom_progress_callback(lambda done, total: seen.append(done))
     _, got = sharded.generate(prompts, return_tokens=True, seed=1)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # asynchronous progress callbacks have all arrived, in order, before generate returns
+    assert seen == [49, 99, 120]
