@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from functools import cached_property
 from typing import Callable, Sequence
@@ -20,10 +19,10 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from musicgen_jax import hub
 from musicgen_jax.codec import CompressionModel
-from musicgen_jax.config import MusicGenConfig, T5Config
+from musicgen_jax.config import MusicGenConfig
 from musicgen_jax.generate import DecodeSettings, decode_jit
 from musicgen_jax.modules.lm import MusicGenLM, dummy_inputs, unstack_layers
-from musicgen_jax.modules.t5 import T5Encoder
+from musicgen_jax.modules.t5 import T5Encoder, init_t5
 from musicgen_jax.patterns import prompt_sequence, revert_delay_sequence
 from musicgen_jax.sampling import SamplingParams
 from musicgen_jax.tokenizer import T5Tokenizer
@@ -109,14 +108,12 @@ class MusicGen:
         split over data x fsdp when that divides the batch, and replicated otherwise. Tokens equal
         those of one device. Single-process meshes (all devices of one host). Returns self.
         """
-        from musicgen_jax.train.sharding import param_shardings
+        from musicgen_jax.train.sharding import place_params
 
         rng = jax.random.PRNGKey(0)
-        lm_boxed = jax.eval_shape(lambda: self.lm.init(rng, **dummy_inputs(self.config.lm)))
-        self.lm_params = jax.device_put(self.lm_params, param_shardings(lm_boxed, mesh)["params"])
-        ids = jnp.zeros((1, 1), jnp.int32)
-        t5_boxed = jax.eval_shape(lambda: self.t5.init(rng, ids, ids))
-        self.t5_params = jax.device_put(self.t5_params, param_shardings(t5_boxed, mesh)["params"])
+        self.lm_params, _ = place_params(self.lm_params, lambda: self.lm.init(rng, **dummy_inputs(self.config.lm)),
+                                         mesh)
+        self.t5_params, _ = place_params(self.t5_params, lambda: init_t5(self.t5, rng), mesh)
         self.mesh = mesh
         return self
 

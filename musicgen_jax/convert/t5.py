@@ -19,14 +19,13 @@ import os
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from musicgen_jax import hub
 from musicgen_jax.config import T5Config
 from musicgen_jax.convert.common import (CheckpointError, StateDict, abstract_params, finish,
                                          has_transformers_weights, linear, load_transformers_weights)
-from musicgen_jax.modules.t5 import T5Encoder
+from musicgen_jax.modules.t5 import T5Encoder, init_t5
 
 _SKIPPED_PREFIXES = ("decoder.", "lm_head.")
 _FEED_FORWARD = ("relu", "gated-gelu")
@@ -65,8 +64,7 @@ def _int_or(value, default: int) -> int:
 
 def t5_abstract_params(config: T5Config) -> Any:
     """Shapes/dtypes of T5Encoder params (no allocation)."""
-    ids = jnp.zeros((1, 1), jnp.int32)
-    return abstract_params(lambda: T5Encoder(config).init(jax.random.PRNGKey(0), ids, ids))
+    return abstract_params(lambda: init_t5(T5Encoder(config), jax.random.PRNGKey(0)))
 
 
 class _Reader:

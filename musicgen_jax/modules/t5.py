@@ -141,3 +141,9 @@ class T5Encoder(nn.Module):
         for i in range(cfg.num_layers):
             x = T5Layer(cfg, self.dtype, name=f"layers_{i}")(x, key_mask, bias)
         return RMSNorm(cfg.layer_norm_eps, name="encoder_norm")(x).astype(jnp.float32)
+
+
+def init_t5(t5: T5Encoder, rng: Array) -> Any:
+    """Boxed variables of `t5` from the smallest input (one token): for shapes and axis names."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return t5.init(rng, ids, ids)

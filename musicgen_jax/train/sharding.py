@@ -80,10 +80,14 @@ def parse_mesh(spec: str, devices: Sequence[Any] | None = None) -> Mesh:
     sizes: dict[str, int] = {}
     for part in spec.split(","):
         name, _, value = part.strip().partition("=")
-        if name not in MESH_AXES or not value.strip().lstrip("-").isdigit():
+        try:
+            size = int(value)
+        except ValueError:
+            size = None
+        if name not in MESH_AXES or size is None:
             raise ValueError(f"mesh {spec!r}: expected comma-separated AXIS=SIZE with AXIS in "
                              f"{', '.join(MESH_AXES)} (e.g. data=2,tensor=2)")
-        sizes[name] = int(value)
+        sizes[name] = size
     return make_mesh(devices=devices, **sizes)
 
 
@@ -138,6 +142,17 @@ def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, *args,
     shardings = param_shardings(abstract, mesh, rules)
     fn = jax.jit(lambda *a: nn.meta.unbox(init_fn(*a)), out_shardings=shardings)
     return fn(*args), shardings
+
+
+def place_params(params: Any, init_fn: Callable[[], Any], mesh: Mesh,
+                 rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> tuple[Any, Any]:
+    """Put existing params (identical on every process) onto the shardings their logical axes give.
+
+    init_fn: a no-argument Flax init returning boxed variables ({'params': ...}); only its shapes and
+    axis names are used (`jax.eval_shape`). Returns (placed params, their shardings).
+    """
+    shardings = param_shardings(jax.eval_shape(init_fn), mesh, rules)["params"]
+    return shard_like(params, shardings), shardings
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from musicgen_jax.modules.t5 import init_t5
 from musicgen_jax.train import loss as L
 from musicgen_jax.train import sharding as S
 from musicgen_jax.train.config import OptimSection
@@ -255,7 +256,4 @@ def make_train_step(model: TrainModel, optim: OptimSection, total_steps: int, me
 
 def place_t5(model: TrainModel, mesh: Mesh) -> tuple[Any, Any]:
     """The frozen text encoder's params, sharded by the same rules. -> (params, shardings)."""
-    ids = jnp.zeros((1, 1), jnp.int32)
-    boxed = jax.eval_shape(lambda: model.t5.init(jax.random.PRNGKey(0), ids, ids))
-    shardings = S.param_shardings(boxed, mesh)["params"]
-    return S.shard_like(model.t5_params, shardings), shardings
+    return S.place_params(model.t5_params, lambda: init_t5(model.t5, jax.random.PRNGKey(0)), mesh)
