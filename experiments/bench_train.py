@@ -34,7 +34,7 @@ def bench_jax(args, cfg) -> dict:
 
     from musicgen_jax.modules.lm import MusicGenLM
     from musicgen_jax.modules.t5 import T5Encoder
-    from musicgen_jax.train import sharding as S
+    from musicgen_jax import sharding as S
     from musicgen_jax.train import trainer as T
     from musicgen_jax.train.config import OptimSection
     from musicgen_jax.train.model import TrainModel, random_t5_params

@@ -83,7 +83,7 @@ def generate(args) -> int:
         raise ValueError(f"--duration must be > 0 seconds, got {args.duration}")
     mesh = None
     if args.mesh:
-        from musicgen_jax.train.sharding import parse_mesh
+        from musicgen_jax.sharding import parse_mesh
 
         mesh = parse_mesh(args.mesh)
     model = MusicGen.from_pretrained(args.model, mesh=mesh)

@@ -99,7 +99,7 @@ def init_caches(lm: MusicGenLM, batch: int, length: int, settings: DecodeSetting
 def _constrain_caches(cache, mesh: Mesh):
     """Cache buffers [rows, H, L, D]: rows over the batch axes, heads over `tensor`, like the attention
     weights that fill them (an axis that does not divide its dimension is left out)."""
-    from musicgen_jax.train.sharding import logical_to_sharding
+    from musicgen_jax.sharding import logical_to_sharding
 
     def constrain(x):
         if x.ndim != 4:

@@ -108,7 +108,7 @@ class MusicGen:
         split over data x fsdp when that divides the batch, and replicated otherwise. Tokens equal
         those of one device. Single-process meshes (all devices of one host). Returns self.
         """
-        from musicgen_jax.train.sharding import place_params
+        from musicgen_jax.sharding import place_params
 
         rng = jax.random.PRNGKey(0)
         self.lm_params, _ = place_params(self.lm_params, lambda: self.lm.init(rng, **dummy_inputs(self.config.lm)),
@@ -121,7 +121,7 @@ class MusicGen:
         """Leading (batch) dimension of every array over the mesh's batch axes (no-op without a mesh)."""
         if self.mesh is None:
             return tree
-        from musicgen_jax.train.sharding import logical_to_sharding
+        from musicgen_jax.sharding import logical_to_sharding
 
         return jax.tree.map(lambda x: jax.device_put(x, logical_to_sharding(P("batch"), x.shape, self.mesh)), tree)
 
@@ -263,7 +263,7 @@ class MusicGen:
     # ------------------------------------------------------------------ internals
     def _prepare_melodies(self, melody_wavs, rate, batch: int) -> list:
         """-> a list of mono float32 wavs at the model rate (None: no melody), checked."""
-        from musicgen_jax.modules.chroma import check_sample_rate, resample_melody
+        from musicgen_jax.chroma import check_sample_rate, resample_melody
 
         rate = check_sample_rate(rate, "melody_sample_rate")
         if hasattr(melody_wavs, "shape"):
@@ -295,7 +295,7 @@ class MusicGen:
     def _melody_chroma(self, melody, offset_frames: int | None) -> np.ndarray:
         """Chroma [B, frames, 12] for a window: the whole melody (offset None) or, in long-form, the
         window's span of it taken periodically (audiocraft's positions % length)."""
-        from musicgen_jax.modules.chroma import extract_chroma, fit_chroma_length, melody_window, null_chroma
+        from musicgen_jax.chroma import extract_chroma, fit_chroma_length, melody_window, null_chroma
 
         frames = self.config.lm.chroma_frames
         if not isinstance(melody, list):  # precomputed chroma
@@ -367,7 +367,7 @@ class MusicGen:
             text = jnp.concatenate([text, jnp.zeros_like(text)])
             mask = jnp.concatenate([mask, jnp.zeros_like(mask)])
         if self.config.lm.is_melody:  # [chroma, text] prepended; the null melody is one-hot on bin 0
-            from musicgen_jax.modules.chroma import null_chroma
+            from musicgen_jax.chroma import null_chroma
 
             frames = self.config.lm.chroma_frames
             if chroma is None:

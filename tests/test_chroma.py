@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from musicgen_jax.modules import chroma as C
+from musicgen_jax import chroma as C
 
 SR = 32000
 N_FFT = 16384

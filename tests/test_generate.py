@@ -320,7 +320,7 @@ def _melody_wavs():
 
 
 def test_melody_greedy_matches_transformers(tmp_path):
-    from musicgen_jax.modules.chroma import extract_chroma
+    from musicgen_jax.chroma import extract_chroma
 
     model = build_reference(tmp_path, melody=True)
     mg = MusicGen.from_pretrained(str(tmp_path))
@@ -331,7 +331,7 @@ def test_melody_greedy_matches_transformers(tmp_path):
     wav, tokens = mg.generate_with_chroma(prompts, wavs, rate, return_tokens=True)
     # the reference input: melodies mixed to mono, collated (zero-padded to the longest, as audiocraft
     # and transformers' processor do), chroma at 32 kHz, tiled to 235 frames
-    from musicgen_jax.modules.chroma import fit_chroma_length
+    from musicgen_jax.chroma import fit_chroma_length
 
     features = fit_chroma_length(extract_chroma([w.mean(0) for w in wavs], rate), 235)
     assert (features[1].argmax(-1) == 0).any()  # no C in melody 1 (A F D A F): bin 0 is its padded tail
@@ -402,7 +402,7 @@ def test_sharded_generation_equals_one_device(tiny):
     replicated when the batch is odd); greedy and seeded sampled tokens equal one device's."""
     import copy
 
-    from musicgen_jax.train.sharding import make_mesh
+    from musicgen_jax.sharding import make_mesh
 
     _, mg = tiny
     mesh = make_mesh(data=2, fsdp=1, tensor=2, devices=jax.devices()[:4])

@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from musicgen_jax.patterns import delay_pattern
 from musicgen_jax.train import loss as L
-from musicgen_jax.train import sharding as S
+from musicgen_jax import sharding as S
 from musicgen_jax.train import trainer as T
 from musicgen_jax.train.config import load_config, replace
 from musicgen_jax.train.data import TrainData

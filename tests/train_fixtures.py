@@ -126,7 +126,7 @@ def train_world(tmp_path_factory) -> TrainWorld:
 def single_device_mesh():
     import jax
 
-    from musicgen_jax.train.sharding import make_mesh
+    from musicgen_jax.sharding import make_mesh
 
     return make_mesh(1, 1, 1, devices=jax.devices()[:1])
 

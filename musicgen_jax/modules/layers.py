@@ -1,6 +1,6 @@
 """Shared building blocks. Every parameter carries logical axis names (t5x style).
 
-Logical axes used across the package (mapped to mesh axes in `train/sharding.py`):
+Logical axes used across the package (mapped to mesh axes in `sharding.py`):
   embed, mlp, heads, kv, vocab, codebooks, conv_kernel, conv_in, conv_out, lstm_gates.
 """
 from __future__ import annotations

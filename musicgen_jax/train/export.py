@@ -193,7 +193,7 @@ def export_state(out_dir: str, model, state, *, base: str | None = None, use_ema
 def export_checkpoint(checkpoint_dir: str, out_dir: str, *, base: str | None = None, use_ema: bool = True) -> str:
     """The newest usable checkpoint of a run -> transformers directory (the run's config is read from
     the checkpoint; the state is restored onto this host's devices)."""
-    from musicgen_jax.train import sharding as S
+    from musicgen_jax import sharding as S
     from musicgen_jax.train import trainer as T
     from musicgen_jax.train.checkpoint import Checkpointer
     from musicgen_jax.train.config import from_dict

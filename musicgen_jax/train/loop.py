@@ -18,7 +18,7 @@ import jax
 
 from musicgen_jax.train import distributed
 from musicgen_jax.train import metrics as M
-from musicgen_jax.train import sharding as S
+from musicgen_jax import sharding as S
 from musicgen_jax.train import trainer as T
 from musicgen_jax.train.checkpoint import Checkpointer, PreemptionGuard
 from musicgen_jax.train.config import TrainConfig, to_dict

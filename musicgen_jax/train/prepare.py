@@ -175,8 +175,8 @@ def segments(wav: np.ndarray, segment: int, min_ratio: float) -> list[tuple[np.n
 
 
 def chroma_bins(wav: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Dominant chroma bin per chroma frame, [F] uint8 (melody conditioning, modules/chroma.py)."""
-    from musicgen_jax.modules.chroma import extract_chroma
+    """Dominant chroma bin per chroma frame, [F] uint8 (melody conditioning, chroma.py)."""
+    from musicgen_jax.chroma import extract_chroma
 
     return extract_chroma(wav[None], sample_rate)[0].argmax(-1).astype(np.uint8)
 

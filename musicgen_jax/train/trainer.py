@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from musicgen_jax.modules.t5 import init_t5
 from musicgen_jax.train import loss as L
-from musicgen_jax.train import sharding as S
+from musicgen_jax import sharding as S
 from musicgen_jax.train.config import OptimSection
 from musicgen_jax.train.model import TrainModel
 
