@@ -1,13 +1,33 @@
 """musicgen-jax: MusicGen (text-to-music) in JAX/Flax, loading the official weights."""
+import os
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _packages() -> list[str]:
+    """musicgen_jax and every subpackage. A folder of modules without __init__.py would silently be
+    left out of the wheel (musicgen_jax/train once was), so that is an error here."""
+    packages = find_packages(HERE, include=["musicgen_jax", "musicgen_jax.*"])
+    for folder, dirs, files in os.walk(os.path.join(HERE, "musicgen_jax")):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        name = os.path.relpath(folder, HERE).replace(os.sep, ".")
+        if any(f.endswith(".py") for f in files) and name not in packages:
+            raise SystemExit(f"{folder} has Python modules but no __init__.py: it would be missing from the wheel")
+    return packages
+
 
 setup(
     name="musicgen_jax",
     version="0.1.0",
     description="JAX/Flax reimplementation of MusicGen with parity to the official weights",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["musicgen_jax", "musicgen_jax.*"]),
+    packages=_packages(),
+    # No package data: the package reads no file of its own at run time (checkpoints, tokenizers and
+    # training recipes such as configs/train/*.yaml are paths the user passes). If one is added, list
+    # it here as package_data and .ci/wheel_check.sh will exercise it from the installed wheel.
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.5.0",

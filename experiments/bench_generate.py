@@ -50,11 +50,14 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import torch
 
+    from musicgen_jax.config import preset
     from musicgen_jax.musicgen import MusicGen
-    from musicgen_jax.testing import save_random_musicgen
+    from musicgen_jax.testing import ENCODEC_32KHZ, T5_BASE, lm_reference_kwargs, save_reference_musicgen
 
-    with tempfile.TemporaryDirectory() as tmp:
-        reference = save_random_musicgen(tmp, args.model)
+    with tempfile.TemporaryDirectory() as tmp:  # the preset's real shapes: T5-base, EnCodec 32 kHz, its decoder
+        reference = save_reference_musicgen(tmp, **lm_reference_kwargs(preset(args.model).lm), text=T5_BASE,
+                                            codec=ENCODEC_32KHZ, widen=False)
+        reference.set_attn_implementation("sdpa")  # transformers' default (the builder picks eager for parity)
         ours = MusicGen.from_pretrained(tmp, dtype=jnp.dtype(args.dtype))
     lm = ours.config.lm
     steps = args.frames + max(lm.delays)  # model calls after the first: T + K - 1 in all

@@ -76,24 +76,17 @@ def _batch(args, cfg) -> dict[str, np.ndarray]:
 
 def bench_torch(args, cfg) -> dict:
     import torch
-    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, T5Config)
-    from transformers.utils import logging as hf_logging
 
     from musicgen_jax.patterns import build_delay_sequence
+    from musicgen_jax.testing import lm_reference_kwargs, reference_musicgen
 
-    hf_logging.set_verbosity_error()
-    torch.manual_seed(0)
     lm, t5 = cfg.lm, cfg.t5
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    decoder = MusicgenDecoderConfig(
-        vocab_size=lm.codebook_size, hidden_size=lm.dim, num_hidden_layers=lm.num_layers,
-        num_attention_heads=lm.num_heads, ffn_dim=lm.ffn_dim, num_codebooks=lm.num_codebooks,
-        pad_token_id=lm.codebook_size, bos_token_id=lm.codebook_size, dropout=0.0)
-    text = T5Config(vocab_size=t5.vocab_size, d_model=t5.d_model, d_kv=t5.d_kv, d_ff=t5.d_ff, num_layers=t5.num_layers,
-                    num_heads=t5.num_heads)
-    codec = EncodecConfig(num_filters=4, upsampling_ratios=[2, 2], hidden_size=8, codebook_size=lm.codebook_size)
-    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder))
+    text = dict(vocab_size=t5.vocab_size, d_model=t5.d_model, d_kv=t5.d_kv, d_ff=t5.d_ff, num_layers=t5.num_layers,
+                num_heads=t5.num_heads)
+    # the preset's decoder and text encoder with transformers' own init, a tiny codec (unused), sdpa attention
+    model = reference_musicgen(**lm_reference_kwargs(lm), text=text, widen=False)
+    model.set_attn_implementation("sdpa")
     model.to(device).train()
     model.text_encoder.requires_grad_(False)
     model.audio_encoder.requires_grad_(False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 
 
@@ -117,10 +118,13 @@ class MusicGenConfig:
     t5: T5Config = field(default_factory=T5Config)
     encodec: EncodecConfig = field(default_factory=EncodecConfig)
     audio_channels: int = 1  # 2 for stereo models: codec run per channel, streams interleaved
-    max_duration: float = 30.0  # training segment length: the generation window
+    max_duration: float = 30.0  # training segment (s): the generation window (audiocraft's max_duration)
     t5_name: str = "t5-base"
 
     def __post_init__(self):
+        if not (isinstance(self.max_duration, (int, float)) and math.isfinite(self.max_duration)
+                and self.max_duration > 0):
+            raise ValueError(f"max_duration must be a positive number of seconds, got {self.max_duration!r}")
         if self.audio_channels not in (1, 2):
             raise ValueError(f"audio_channels must be 1 or 2, got {self.audio_channels}")
         if self.lm.num_codebooks != self.encodec.num_codebooks * self.audio_channels:
@@ -190,6 +194,14 @@ def preset(name: str) -> MusicGenConfig:
     return PRESETS[key]
 
 
+def official_repo(name_or_path: str) -> str:
+    """A preset's short name ('small', 'musicgen-small') -> its hub id ('facebook/musicgen-small');
+    hub ids and existing local paths are returned unchanged."""
+    if "/" in name_or_path or os.path.exists(os.path.expanduser(name_or_path)):
+        return name_or_path
+    return "facebook/" + preset(name_or_path).name
+
+
 def tiny(*, melody: bool = False, stereo: bool = False) -> MusicGenConfig:
     """The same architecture at toy sizes, for tests."""
     encodec = EncodecConfig(num_filters=4, ratios=(4, 2), dimension=8, codebook_size=32, lstm_layers=2)
@@ -213,6 +225,84 @@ def tiny(*, melody: bool = False, stereo: bool = False) -> MusicGenConfig:
     return MusicGenConfig(name=name, lm=lm, t5=t5, encodec=encodec, audio_channels=channels)
 
 
-def replace(cfg, **changes):
-    """dataclasses.replace, re-exported for convenience."""
-    return dataclasses.replace(cfg, **changes)
+# ---------------------------------------------------------------------------------------------------
+# generation settings: SamplingParams (how a token is chosen) and Guidance (CFG) are the static parts
+# of a compiled decode program; GenerationParams adds what changes between calls (duration, stride).
+
+
+def _finite(name: str, value, low: float, *, strict: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < low or (strict and value == low):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Next-token choice (audiocraft's semantics, see sampling.py): top_p > 0 takes precedence over
+    top_k; greedy when use_sampling is off or the temperature is 0."""
+
+    use_sampling: bool = True
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+
+    def __post_init__(self):
+        _finite("temperature", self.temperature, 0.0)
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        _finite("top_p", self.top_p, 0.0)
+        if self.top_p > 1.0:
+            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.use_sampling or self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance: logits = uncond + coef * (cond - uncond); off when coef is 1.
+    two_step: run the conditional and null halves as separate calls (audiocraft's two_step_cfg)."""
+
+    coef: float = 3.0
+    two_step: bool = False
+
+    def __post_init__(self):
+        _finite("cfg_coef", self.coef, 0.0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.coef != 1.0
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """audiocraft's defaults: sampling top-k 250, CFG 3, 15 s, 18 s stride for long-form.
+
+    `with_changes` takes audiocraft's flat names (use_sampling, top_k, top_p, temperature, cfg_coef,
+    two_step_cfg, duration, extend_stride), as `MusicGen.set_generation_params` does."""
+
+    duration: float = 15.0
+    extend_stride: float = 18.0
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    guidance: Guidance = field(default_factory=Guidance)
+
+    def __post_init__(self):
+        _finite("duration", self.duration, 0.0, strict=True)
+        _finite("extend_stride", self.extend_stride, 0.0, strict=True)
+
+    def with_changes(self, **changes) -> "GenerationParams":
+        sampling = {k: changes.pop(k) for k in ("use_sampling", "temperature", "top_k", "top_p") if k in changes}
+        guidance = {new: changes.pop(old) for old, new in (("cfg_coef", "coef"), ("two_step_cfg", "two_step"))
+                    if old in changes}
+        unknown = sorted(set(changes) - {"duration", "extend_stride"})
+        if unknown:
+            raise TypeError(f"unknown generation parameter(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, sampling=dataclasses.replace(self.sampling, **sampling),
+                                   guidance=dataclasses.replace(self.guidance, **guidance), **changes)
+
+    def as_dict(self) -> dict:
+        """The flat audiocraft-style view (use_sampling, temperature, top_k, top_p, cfg_coef, ...)."""
+        return dict(duration=self.duration, extend_stride=self.extend_stride,
+                    **dataclasses.asdict(self.sampling), cfg_coef=self.guidance.coef,
+                    two_step_cfg=self.guidance.two_step)

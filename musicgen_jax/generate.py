@@ -12,72 +12,79 @@ compiled program.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
+from musicgen_jax.config import Guidance, SamplingParams
 from musicgen_jax.modules.lm import Conditions, LMCache, MusicGenLM
-from musicgen_jax.sampling import SamplingParams, classifier_free_guidance, sample_next
+from musicgen_jax.patterns import UNKNOWN
+from musicgen_jax.sampling import classifier_free_guidance, sample_next
+from musicgen_jax.sharding import constrain
 
 Array = jax.Array
-UNKNOWN = -1
+BUFFER_AXES = P("activation_batch", "codebooks", "activation_length")  # [B, K, S]
 
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    """Static choices of one compiled decode program."""
+    """Static choices of one compiled decode program: the token choice and guidance (config.py),
+    plus the shape facts the caller bucketed."""
 
     sampling: SamplingParams = SamplingParams()
-    cfg_coef: float = 3.0
-    two_step_cfg: bool = False  # run conditional and null halves as separate calls (audiocraft option)
+    guidance: Guidance = Guidance()
     prefill_length: int = 1  # static length of the prefill call (>= start)
-    progress_every: int = 0  # call the progress callback every N steps (0: never)
-
-    @property
-    def use_cfg(self) -> bool:
-        return self.cfg_coef != 1.0
+    progress_every: int = 0  # report progress every N steps (0: never)
 
 
 @flax.struct.dataclass
 class DecodeState:
     step: Array  # [] int32: the step fed next; its output fills step + 1
     buffer: Array  # [B, K, S] int32
-    cache: Any  # LMCache, or (conditional, null) caches with two_step_cfg
+    cache: Any  # LMCache, or (conditional, null) caches with two_step guidance
     key: Array
 
 
 def _guided_logits(lm: MusicGenLM, params, tokens: Array, conditions, cache,
-                   settings: DecodeSettings) -> tuple[Array, Any]:
+                   guidance: Guidance) -> tuple[Array, Any]:
     """tokens [B, K, T] -> guided logits [B, K, T, card], updated cache(s).
 
-    conditions: 2B rows ([conditional; null]) with CFG in one batch; a (conditional, null) pair of
-    halves with two_step_cfg (split once by `decode`, not every step); B rows without CFG.
+    conditions: 2B rows ([conditional; null]) with guidance in one batch; a (conditional, null) pair
+    of halves with two_step guidance (split once by `decode`, not every step); B rows without it.
     """
-    if not settings.use_cfg:
+    if not guidance.enabled:
         return lm.apply({"params": params}, tokens, conditions, cache)
-    if settings.two_step_cfg:
+    if guidance.two_step:
         cond, cache_c = lm.apply({"params": params}, tokens, conditions[0], cache[0])
         uncond, cache_n = lm.apply({"params": params}, tokens, conditions[1], cache[1])
-        return classifier_free_guidance(cond, uncond, settings.cfg_coef), (cache_c, cache_n)
+        return classifier_free_guidance(cond, uncond, guidance.coef), (cache_c, cache_n)
     both, cache = lm.apply({"params": params}, jnp.concatenate([tokens, tokens]), conditions, cache)
     cond, uncond = jnp.split(both, 2)
-    return classifier_free_guidance(cond, uncond, settings.cfg_coef), cache
+    return classifier_free_guidance(cond, uncond, guidance.coef), cache
 
 
-def _split_halves(conditions: Conditions, scan_layers: bool) -> tuple[Conditions, Conditions]:
-    """[conditional; null] conditions -> the two halves. Scanned cross K/V lead with the layer axis."""
+def _split_halves(conditions: Conditions) -> tuple[Conditions, Conditions]:
+    """[conditional; null] conditions -> the two halves, split on each array's batch axis (found by
+    its logical name, whatever the layer layout)."""
     def half(i):
-        cross = None if conditions.cross_kv is None else jax.tree.map(
-            lambda x: jnp.split(x, 2, axis=1 if scan_layers else 0)[i], conditions.cross_kv)
-        prefix = None if conditions.prefix is None else jnp.split(conditions.prefix, 2)[i]
-        return Conditions(cross_kv=cross, prefix=prefix)
+        return jax.tree.map(lambda spec, x: jnp.split(x, 2, axis=_batch_axis(spec))[i],
+                            conditions.logical_axes(), conditions, is_leaf=lambda s: isinstance(s, P))
 
     return half(0), half(1)
+
+
+def _batch_axis(spec: P) -> int:
+    for i, name in enumerate(spec):
+        if name in ("cache_batch", "activation_batch"):
+            return i
+    raise ValueError(f"no batch axis in {spec}")
 
 
 def _write_step(buffer: Array, step: Array, tokens: Array) -> Array:
@@ -87,60 +94,77 @@ def _write_step(buffer: Array, step: Array, tokens: Array) -> Array:
     return jax.lax.dynamic_update_slice_in_dim(buffer, chosen[..., None], step, axis=2)
 
 
-def init_caches(lm: MusicGenLM, batch: int, length: int, settings: DecodeSettings, dtype=jnp.float32):
+def init_caches(lm: MusicGenLM, batch: int, length: int, guidance: Guidance, dtype=jnp.float32):
     def zeros(rows):
-        return LMCache.zeros(lm.config, rows, length, dtype, stacked=lm.scan_layers)
+        cache = LMCache.zeros(lm.config, rows, length, dtype, stacked=lm.scan_layers)
+        return constrain(cache, cache.logical_axes(), lm.mesh)
 
-    if settings.use_cfg and settings.two_step_cfg:
+    if guidance.enabled and guidance.two_step:
         return zeros(batch), zeros(batch)
-    return zeros(2 * batch if settings.use_cfg else batch)
-
-
-def _constrain_caches(cache, mesh: Mesh):
-    """Cache buffers [rows, H, L, D]: rows over the batch axes, heads over `tensor`, like the attention
-    weights that fill them (an axis that does not divide its dimension is left out)."""
-    from musicgen_jax.sharding import logical_to_sharding
-
-    def constrain(x):
-        if x.ndim != 4:
-            return x
-        spec = logical_to_sharding(P("batch", "heads", None, "kv"), x.shape, mesh)
-        return jax.lax.with_sharding_constraint(x, spec)
-
-    return jax.tree.map(constrain, cache)
+    return zeros(2 * batch if guidance.enabled else batch)
 
 
 def _set_index(cache, index: Array):
     return jax.tree.map(lambda c: c.replace(index=index), cache, is_leaf=lambda c: isinstance(c, LMCache))
 
 
+# Progress reports leave the compiled loop through `jax.debug.callback`; the program carries only a
+# listener id (an argument), and the listener for that id is looked up here.
+_LISTENERS: dict[int, Callable[[int], None]] = {}
+_LISTENER_IDS = itertools.count(1)
+
+
+@contextlib.contextmanager
+def progress_listener(callback: Callable[[int], None] | None) -> Iterator[int]:
+    """Register callback(steps done) for the decode calls inside the block; yields the id to pass as
+    `decode(..., progress_id=)` (0 when callback is None). Reports are asynchronous: leaving the
+    block waits for those in flight, so none reaches a later listener."""
+    if callback is None:
+        yield 0
+        return
+    listener = next(_LISTENER_IDS)
+    _LISTENERS[listener] = callback
+    try:
+        yield listener
+    finally:
+        jax.effects_barrier()
+        del _LISTENERS[listener]
+
+
+def _report(listener, step) -> None:
+    callback = _LISTENERS.get(int(listener))
+    if callback is not None:
+        callback(int(step))
+
+
 def decode(lm: MusicGenLM, params, conditions: Conditions, buffer: Array, start: Array, end: Array,
-           key: Array, settings: DecodeSettings, progress: Callable[[Any], None] | None = None,
-           cache_dtype=jnp.float32, mesh: Mesh | None = None) -> Array:
+           key: Array, settings: DecodeSettings, progress_id: Array | int = 0,
+           cache_dtype=jnp.float32) -> Array:
     """Fill buffer [B, K, S] from step `start` to step `end` (inclusive); returns the buffer.
 
     Steps [0, start) must be fully known (prompt frames / specials). Traceable: jit it with `lm`,
-    `settings`, `progress`, `cache_dtype` and `mesh` static. mesh: the KV caches are laid out over it
-    (batch rows over data x fsdp, heads over tensor); the inputs carry their own shardings.
+    `settings` and `cache_dtype` static. With `lm.mesh`, the buffer, conditions and KV caches are laid
+    out by their logical axes (rows over data x fsdp, heads over tensor). progress_id: a listener
+    from `progress_listener`, told the step count every `settings.progress_every` steps.
     """
+    mesh = lm.mesh
     batch, _, total = buffer.shape
     prefix = 0
     if conditions.prefix is not None:
         prefix = conditions.prefix.shape[1]
-    cache = init_caches(lm, batch, prefix + total, settings, cache_dtype)
-    if mesh is not None:
-        cache = _constrain_caches(cache, mesh)
-    buffer = buffer.astype(jnp.int32)
+    guidance = settings.guidance
+    cache = init_caches(lm, batch, prefix + total, guidance, cache_dtype)
+    conditions = constrain(conditions, conditions.logical_axes(), mesh)
+    buffer = constrain(buffer.astype(jnp.int32), BUFFER_AXES, mesh)
     start = jnp.asarray(start, jnp.int32)
 
     # prefill: a static-length call; positions past `start` are junk that later steps overwrite
     # before they are ever attended (causal mask), and the cache index is reset to the true length.
     prefill = buffer[:, :, : settings.prefill_length]
     step_conditions = conditions.without_prefix()
-    if settings.use_cfg and settings.two_step_cfg:
-        conditions = _split_halves(conditions, lm.scan_layers)
-        step_conditions = _split_halves(step_conditions, lm.scan_layers)
-    logits_all, cache = _guided_logits(lm, params, prefill, conditions, cache, settings)
+    if guidance.enabled and guidance.two_step:
+        conditions, step_conditions = _split_halves(conditions), _split_halves(step_conditions)
+    logits_all, cache = _guided_logits(lm, params, prefill, conditions, cache, guidance)
     logits = jax.lax.dynamic_slice_in_dim(logits_all, start - 1, 1, axis=2)[:, :, 0]
     cache = _set_index(cache, prefix + start)
     key, sub = jax.random.split(key)
@@ -151,13 +175,14 @@ def decode(lm: MusicGenLM, params, conditions: Conditions, buffer: Array, start:
 
     def body_fn(state: DecodeState) -> DecodeState:
         tokens = jax.lax.dynamic_slice_in_dim(state.buffer, state.step, 1, axis=2)  # [B, K, 1]
-        logits, cache = _guided_logits(lm, params, tokens, step_conditions, state.cache, settings)
+        logits, cache = _guided_logits(lm, params, tokens, step_conditions, state.cache, guidance)
         logits = logits[:, :, -1]  # [B, K, card]
         key, sub = jax.random.split(state.key)
         buffer = _write_step(state.buffer, state.step + 1, sample_next(sub, logits, settings.sampling))
-        if progress is not None and settings.progress_every:
-            jax.lax.cond((state.step + 1) % settings.progress_every == 0,
-                         lambda s: jax.debug.callback(progress, s), lambda s: None, state.step + 1)
+        if settings.progress_every:
+            done = state.step + 1
+            jax.lax.cond(done % settings.progress_every == 0,
+                         lambda s: jax.debug.callback(_report, progress_id, s), lambda s: None, done)
         return DecodeState(state.step + 1, buffer, cache, key)
 
     state = jax.lax.while_loop(cond_fn, body_fn, DecodeState(start, buffer, cache, key))
@@ -167,7 +192,7 @@ def decode(lm: MusicGenLM, params, conditions: Conditions, buffer: Array, start:
 # XLA:CPU hands matmuls to YNNPACK by default; for the few-row GEMMs of a decode step its Eigen path is
 # faster (musicgen-small, 16 rows: ~0.52 vs ~0.87 ms per 1024x1024 matmul, 2 cores). CPU only.
 _CPU_DECODE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-_STATIC = ("lm", "settings", "progress", "cache_dtype", "mesh")
+_STATIC = ("lm", "settings", "cache_dtype")
 
 
 @functools.cache
@@ -190,8 +215,7 @@ def compiled_decode_programs() -> int:
     return _jitted_decode(jax.default_backend())._cache_size()
 
 
-def decode_jit(lm, params, conditions, buffer, start, end, key, settings, progress=None,
-               cache_dtype=jnp.float32, mesh: Mesh | None = None):
-    """`decode`, jitted with `lm`, `settings`, `progress`, `cache_dtype` and `mesh` static."""
+def decode_jit(lm, params, conditions, buffer, start, end, key, settings, progress_id=0, cache_dtype=jnp.float32):
+    """`decode`, jitted with `lm`, `settings` and `cache_dtype` static."""
     return _jitted_decode(jax.default_backend())(lm, params, conditions, buffer, start, end, key, settings,
-                                                  progress, cache_dtype, mesh)
+                                                  jnp.int32(progress_id), cache_dtype)

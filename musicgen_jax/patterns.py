@@ -15,11 +15,10 @@ d = [0, 1, ..., K-1] (S = T + K), stereo models d = [0, 0, 1, 1, 2, 2, 3, 3] (S 
 Other audiocraft patterns are provided for training experiments: parallel (all delays 0), unrolled
 (flattening), coarse-first (VALL-E style) and MusicLM-style grouped flattening.
 
-transformers' `MusicgenForCausalLM.build_delay_pattern_mask` / `apply_delay_pattern_mask` are mirrored by
-`build_delay_pattern_mask` / `apply_delay_pattern_mask` below. Layout difference: transformers' input ids
-already *include* the leading special step (generation starts from one column of
-`decoder_start_token_id` = the special token, prompt frames follow it), while audiocraft's (and our)
-`Pattern.build` takes raw codes and inserts the special step itself. Given
+Relation to transformers' `MusicgenForCausalLM.build_delay_pattern_mask`: its input ids already
+*include* the leading special step (generation starts from one column of `decoder_start_token_id` =
+the special token, prompt frames follow it), while audiocraft's (and our) `Pattern.build` takes raw
+codes and inserts the special step itself. Given
 `ids = [special | prompt frames]` (length 1 + Tp) and `max_length = T + max(d) + 1`, transformers'
 pattern mask equals `prompt_sequence(prompt, T, delays)`: prompt frames in place, the special token
 where no frame can be, -1 where a token is still to be generated.
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
+UNKNOWN = -1  # a generation buffer position still to be generated (never a token id)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -79,10 +79,6 @@ class Pattern:
         q, s = np.nonzero(self.layout >= 0)
         out[q, self.layout[q, s]] = s
         return out
-
-    def sequence_mask(self, valid_only: bool = False) -> np.ndarray:
-        """[K, S] bool: True where the sequence holds a real frame (False: special token)."""
-        return self.layout[:, : self.steps(valid_only)] >= 0
 
     def build(self, codes: Array, special_token: int, *, valid_only: bool = False) -> Array:
         """codes [B, K, T] -> sequence [B, K, S] (S = valid_steps when valid_only).
@@ -257,17 +253,6 @@ def get_pattern(name: str, timesteps: int, num_codebooks: int, **kwargs) -> Patt
 # Delay-pattern helpers for training and generation (closed forms, no tables needed)
 
 
-def delay_steps(timesteps: int, delays: Sequence[int]) -> int:
-    """Length of the delayed sequence for T frames: T + max(delays) + 1."""
-    return timesteps + max(delays) + 1
-
-
-def delay_sequence_mask(num_steps: int, timesteps: int, delays: Sequence[int]) -> Array:
-    """[K, num_steps] bool: where the delayed sequence of T frames holds a frame (not special)."""
-    frame = jnp.arange(num_steps)[None, :] - 1 - jnp.asarray(delays)[:, None]
-    return (frame >= 0) & (frame < timesteps)
-
-
 def build_delay_sequence(codes: Array, delays: Sequence[int], special_token: int,
                          *, valid_only: bool = False) -> Array:
     """codes [B, K, T] -> delayed sequence [B, K, T + max(d) + 1] (T + 1 steps when valid_only)."""
@@ -280,7 +265,7 @@ def revert_delay_sequence(sequence: Array, timesteps: int, delays: Sequence[int]
 
 
 def prompt_sequence(prompt: Array, total_frames: int, delays: Sequence[int], special_token: int,
-                    unknown: int = -1) -> Array:
+                    unknown: int = UNKNOWN) -> Array:
     """The generation buffer: [B, K, total_frames + max(d) + 1].
 
     prompt [B, K, Tp] (Tp may be 0) frames are placed by the delay pattern, positions that hold no
@@ -294,62 +279,3 @@ def prompt_sequence(prompt: Array, total_frames: int, delays: Sequence[int], spe
         raise ValueError(f"prompt has {tp} frames, more than the {total_frames} to generate")
     codes = jnp.concatenate([prompt, jnp.full((b, k, total_frames - tp), unknown, prompt.dtype)], axis=-1)
     return build_delay_sequence(codes, delays, special_token)
-
-
-# ---------------------------------------------------------------------------------------------------
-# transformers' generation helpers, same semantics (our arrays are [B, K, L], theirs [B*K, L])
-
-
-def _hf_pattern_positions(num_steps: int, delays: Sequence[int]) -> np.ndarray:
-    """[K, num_steps] bool: True where transformers forces the pad (special) token."""
-    d = np.asarray(delays)[:, None]
-    period = int(max(delays)) + 1  # transformers: num_codebooks (mono) or num_codebooks // 2 (stereo)
-    j = np.arange(num_steps)[None, :]
-    return (j <= d) | (j >= d + num_steps - period + 1)
-
-
-def hf_delays(num_codebooks: int, audio_channels: int = 1) -> list[int]:
-    """The delays transformers implies: range(K) for mono, [0, 0, 1, 1, ...] for stereo."""
-    return [q // audio_channels for q in range(num_codebooks)]
-
-
-def build_delay_pattern_mask(input_ids: Array, pad_token_id: int, max_length: int,
-                             delays: Sequence[int]) -> tuple[Array, Array]:
-    """transformers' `build_delay_pattern_mask`, for any non-decreasing delays starting at 0.
-
-    input_ids [B, K, L]: in transformers' layout, i.e. starting with the special (BOS) column.
-    Returns (input_ids [B, K, L'] = the first L' steps of the mask, where L' is the first step that
-    still needs generating (L for ordinary inputs); pattern_mask [B, K, max_length] with -1 at
-    positions to be generated, `pad_token_id` at positions that can hold no frame, and the prompt
-    elsewhere). As in transformers, when max_length < 2 * (max(d) + 1) - 1 the ids come back
-    unchanged and the mask is all -1. Static shapes: jit-friendly.
-    """
-    input_ids = jnp.asarray(input_ids)
-    b, k, length = input_ids.shape
-    if len(delays) != k:
-        raise ValueError(f"{len(delays)} delays for {k} codebooks")
-    period = int(max(delays)) + 1
-    if max_length < 2 * period - 1:
-        return input_ids, jnp.full((b, k, max_length), -1, input_ids.dtype)
-    if length + max(delays) > max_length:
-        raise ValueError(f"{length} input steps + delay {max(delays)} exceed max_length {max_length}")
-    d = np.asarray(delays)
-    j = np.arange(max_length)
-    src = j[None, :] - d[:, None]  # [K, max_length]: input step copied to position j
-    filled = (src >= 0) & (src < length)
-    vals = jnp.take_along_axis(
-        input_ids, jnp.broadcast_to(jnp.asarray(np.clip(src, 0, length - 1), jnp.int32)[None], (b, k, max_length)),
-        axis=2)
-    shifted = jnp.where(jnp.asarray(filled)[None], vals, jnp.asarray(-1, input_ids.dtype))
-    pad = _hf_pattern_positions(max_length, delays)
-    mask = jnp.where(jnp.asarray(pad)[None], jnp.asarray(pad_token_id, input_ids.dtype), shifted)
-    # first position of codebook 0 still to generate (static: depends on shapes only)
-    todo = ~pad[0] & ~filled[0]
-    first = int(np.argmax(todo)) if todo.any() else length
-    return mask[..., :first], mask
-
-
-def apply_delay_pattern_mask(input_ids: Array, pattern_mask: Array) -> Array:
-    """transformers' `apply_delay_pattern_mask`: keep ids where the mask is -1, else take the mask."""
-    mask = pattern_mask[..., : input_ids.shape[-1]]
-    return jnp.where(mask == -1, input_ids, mask)

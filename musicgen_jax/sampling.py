@@ -2,37 +2,17 @@
 
 Semantics follow audiocraft: probs = softmax(logits / temperature); top_p > 0 takes precedence over
 top_k; top-k keeps every token whose probability is >= the k-th largest (ties kept); greedy when
-sampling is off or the temperature is 0. Parameters are static (hashable) so each choice compiles
-to its own straight-line code inside the jitted decode loop.
+sampling is off or the temperature is 0. `SamplingParams` (config.py) is static (hashable), so each
+choice compiles to its own straight-line code inside the jitted decode loop.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
+from musicgen_jax.config import SamplingParams
+
 Array = jax.Array
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    use_sampling: bool = True
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-
-    def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 <= self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
-
-    @property
-    def greedy(self) -> bool:
-        return not self.use_sampling or self.temperature == 0.0
 
 
 def classifier_free_guidance(cond: Array, uncond: Array, coef: float) -> Array:

@@ -1,10 +1,14 @@
-"""Device mesh, logical-axis rules and sharded initialisation (t5x / MaxText style).
+"""Device mesh, the logical-axis rules, placement and sharded initialisation (t5x / MaxText style).
 
-Parameters name their dimensions with logical axes (modules/layers.py); one table maps them to the
-mesh axes `data` (pure data parallelism), `fsdp` (data parallelism with parameters and optimizer
-state sharded) and `tensor` (Megatron-style model parallelism):
+Used by inference and training alike. Parameters name their dimensions with logical axes
+(modules/layers.py), and so do KV caches, conditions and activations (modules/lm.py); one table maps
+them to the mesh axes `data` (pure data parallelism), `fsdp` (data parallelism with parameters and
+optimizer state sharded) and `tensor` (Megatron-style model parallelism):
 
-    batch -> (data, fsdp)    embed -> fsdp    mlp, heads, vocab -> tensor    everything else replicated
+    params:       embed -> fsdp    mlp, heads, vocab -> tensor
+    rows:         batch, activation_batch, cache_batch -> (data, fsdp)
+    heads:        activation_heads, cache_heads -> tensor
+    everything else replicated (layers, codebooks, lengths, head dims, ...)
 
 A dimension that its mesh axes do not divide evenly (e.g. the 2049-row embedding tables over
 `tensor`) stays replicated rather than failing. Initialisation runs under `jax.jit` with the
@@ -28,6 +32,18 @@ BATCH_AXES = ("data", "fsdp")
 # must appear here: `check_rules` refuses an unknown one instead of silently replicating it.
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", BATCH_AXES),
+    # activations and decode state (MaxText's names)
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_vocab", None),
+    ("cache_batch", BATCH_AXES),
+    ("cache_heads", "tensor"),
+    ("cache_sequence", None),
+    ("cache_kv", None),
+    # parameters
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -120,6 +136,34 @@ def logical_to_sharding(logical: P, shape: Sequence[int], mesh: Mesh,
     """One array: logical PartitionSpec + shape -> NamedSharding on `mesh`."""
     spec = nn.logical_to_mesh_axes(tuple(logical), rules) if len(logical) else P()
     return NamedSharding(mesh, _fit(spec, shape, mesh))
+
+
+def _is_spec(x) -> bool:
+    return isinstance(x, P)
+
+
+def tree_shardings(logical: Any, tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> Any:
+    """NamedShardings for the arrays of `tree` from a matching tree of logical PartitionSpecs (e.g.
+    `LMCache.logical_axes()`); None entries stay None on both sides."""
+    check_rules(logical, rules)
+    return jax.tree.map(lambda spec, x: logical_to_sharding(spec, x.shape, mesh, rules), logical, tree,
+                        is_leaf=_is_spec)
+
+
+def constrain(tree: Any, logical: Any, mesh: Mesh | None) -> Any:
+    """Inside jit: constrain every array of `tree` to the sharding its logical axes give (no-op
+    without a mesh). `logical` is a PartitionSpec for a single array, or a matching tree of them."""
+    if mesh is None:
+        return tree
+    return jax.tree.map(jax.lax.with_sharding_constraint, tree, tree_shardings(logical, tree, mesh))
+
+
+def place(tree: Any, logical: Any, mesh: Mesh | None) -> Any:
+    """Outside jit: put the arrays of `tree` on the shardings their logical axes give (no-op without
+    a mesh). Single-process meshes."""
+    if mesh is None:
+        return tree
+    return jax.tree.map(jax.device_put, tree, tree_shardings(logical, tree, mesh))
 
 
 def param_shardings(boxed_abstract: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> Any:

@@ -18,3 +18,18 @@ def legacy_weight_norm_names(state: dict) -> dict:
         key = key.replace(".parametrizations.weight.original1", ".weight_v")
         out[key] = value
     return out
+
+
+def no_grad(fn):
+    """`torch.no_grad()` as a decorator that imports torch only when the function runs: collecting a
+    test module (the quick loop, -m "not parity") then never imports torch."""
+    import functools
+
+    @functools.wraps(fn)
+    def without_grad(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return without_grad

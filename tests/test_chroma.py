@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from musicgen_jax import chroma as C
 
@@ -37,6 +36,8 @@ N_FFT = 16384
 
 def ref_spectrogram(wav: torch.Tensor, n_fft: int = N_FFT, hop: int = N_FFT // 4) -> torch.Tensor:
     """torchaudio.functional.spectrogram(pad=0, hann periodic, normalized=True ("window"), power=2)."""
+    import torch
+
     window = torch.hann_window(n_fft, dtype=wav.dtype)
     shape = wav.shape
     spec = torch.stft(wav.reshape(-1, shape[-1]), n_fft=n_fft, hop_length=hop, win_length=n_fft, window=window,
@@ -52,6 +53,7 @@ def ref_chroma(wav, sr: int = SR, n_fft: int = N_FFT):
     Returns (one-hot [B, T, 12], normalised chroma [B, T, 12]) as numpy.
     """
     import librosa
+    import torch
 
     wav = torch.as_tensor(np.asarray(wav, np.float32))
     fbanks = torch.from_numpy(librosa.filters.chroma(sr=sr, n_fft=n_fft, tuning=0, n_chroma=12))
@@ -68,8 +70,11 @@ def ref_chroma(wav, sr: int = SR, n_fft: int = N_FFT):
 
 
 def ref_julius(x: torch.Tensor, old_sr: int, new_sr: int, zeros: int = 24, rolloff: float = 0.945,
-               dtype=torch.float64) -> torch.Tensor:
-    """julius.resample_frac, transcribed (its kernel is float32; `dtype` here)."""
+               dtype=None) -> torch.Tensor:
+    """julius.resample_frac, transcribed (its kernel is float32; `dtype` here, float64 by default)."""
+    import torch
+
+    dtype = torch.float64 if dtype is None else dtype
     g = math.gcd(old_sr, new_sr)
     old, new = old_sr // g, new_sr // g
     sr = min(new, old) * rolloff
@@ -90,6 +95,8 @@ def ref_julius(x: torch.Tensor, old_sr: int, new_sr: int, zeros: int = 24, rollo
 def ref_torchaudio_resample(x: torch.Tensor, orig: int, new: int, lowpass_filter_width: int = 6,
                             rolloff: float = 0.99) -> torch.Tensor:
     """torchaudio.functional.resample (sinc_interp_hann), transcribed; kernel in x's dtype."""
+    import torch
+
     g = math.gcd(int(orig), int(new))
     orig, new = int(orig) // g, int(new) // g
     base = min(orig, new) * rolloff
@@ -150,6 +157,7 @@ def signals(seconds: float, sr: int = SR, seed: int = 0) -> dict[str, np.ndarray
 # ---------------------------------------------------------------------------------------------- tests
 
 
+@pytest.mark.parity
 def test_filterbank_is_librosas_with_audiocrafts_arguments():
     import librosa
     from transformers.audio_utils import chroma_filter_bank
@@ -176,6 +184,7 @@ def test_frame_counts():
     assert C.extract_chroma(np.zeros((1, 960000)), SR).shape == (1, 235, 12)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("seconds", [0.3, 1.0, 2.37])
 def test_matches_reference_recipe(seconds):
     sig = signals(seconds, seed=int(seconds * 100))
@@ -197,6 +206,7 @@ def test_matches_reference_recipe(seconds):
         assert tail[0] == 8 and tail[-1] == 0
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("length", [1, 2, 999, 8192, 8193, 16383, 16384, 16385, 20481])
 def test_short_and_odd_lengths(length):
     rng = np.random.default_rng(length)
@@ -204,8 +214,11 @@ def test_short_and_odd_lengths(length):
     np.testing.assert_array_equal(C.extract_chroma(x, SR), ref_chroma(x)[0])
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("rate", [44100, 48000, 22050, 8000])
 def test_other_sample_rates_resampled_like_audiocraft(rate):
+    import torch
+
     sig = signals(1.0, rate, seed=rate)
     batch = np.stack(list(sig.values())).astype(np.float32)
     resampled = ref_julius(torch.from_numpy(batch), rate, SR).float()
@@ -215,7 +228,10 @@ def test_other_sample_rates_resampled_like_audiocraft(rate):
     assert (got[0].argmax(-1) == 9).all()  # 440 Hz is still A
 
 
+@pytest.mark.parity
 def test_resampling_matches_julius_and_torchaudio_transcriptions(monkeypatch):
+    import torch
+
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3, 4001))
     for rate in (44100, 48000, 22050, 11025, 8000, 24000, 96000):
@@ -239,7 +255,10 @@ def test_resampling_matches_julius_and_torchaudio_transcriptions(monkeypatch):
     assert C.resample_melody(x, SR, SR) is not None and np.array_equal(C.resample_melody(x, SR, SR), x)
 
 
+@pytest.mark.parity
 def test_against_real_julius_if_installed():
+    import torch
+
     julius = pytest.importorskip("julius")
     x = np.random.default_rng(2).standard_normal((2, 9000)).astype(np.float32)
     for rate in (44100, 48000):
@@ -260,6 +279,7 @@ def test_transformers_integration_expectations():
 @pytest.fixture(scope="module")
 def hf_extractor():
     """transformers' MusicgenMelodyFeatureExtractor with torchaudio's pieces replaced by the transcriptions."""
+    import torch
     import transformers.models.musicgen_melody.feature_extraction_musicgen_melody as module
 
     class Spectrogram(torch.nn.Module):
@@ -285,7 +305,10 @@ def hf_extractor():
             del module.torchaudio
 
 
+@pytest.mark.parity
 def test_against_transformers_feature_extractor(hf_extractor):
+    import torch
+
     fe = hf_extractor
     inputs = [bip_bip(duration=0.5), bip_bip(duration=1.0)]
     hf = fe(inputs, sampling_rate=SR, return_tensors="np")["input_features"]
@@ -320,6 +343,8 @@ def test_against_transformers_feature_extractor(hf_extractor):
 
 def ref_fit(chroma: np.ndarray, frames: int) -> np.ndarray:
     """audiocraft ChromaStemConditioner._get_wav_embedding's match_len_on_eval, on torch."""
+    import torch
+
     x = torch.from_numpy(chroma)
     t = x.shape[1]
     if t > frames:
@@ -329,6 +354,7 @@ def ref_fit(chroma: np.ndarray, frames: int) -> np.ndarray:
     return x.numpy()
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("t", [1, 5, 7, 117, 234, 235, 236, 500])
 def test_fit_chroma_length(t):
     rng = np.random.default_rng(t)
@@ -343,7 +369,10 @@ def test_fit_chroma_length(t):
     np.testing.assert_array_equal(np.asarray(got_jax), want)
 
 
+@pytest.mark.parity
 def test_null_melody_is_bin_zero():
+    import torch
+
     null = C.null_chroma(2, 235)
     assert null.shape == (2, 235, 12) and null.dtype == np.float32
     assert (null[..., 0] == 1).all() and null.sum() == 2 * 235
@@ -361,7 +390,10 @@ def test_null_melody_is_bin_zero():
     np.testing.assert_array_equal(got[1], C.null_chroma(1, got.shape[1])[0])
 
 
+@pytest.mark.parity
 def test_melody_window_loops_like_audiocraft():
+    import torch
+
     wav = np.arange(2 * 10).reshape(1, 2, 10).astype(np.float32)
     positions = torch.arange(7, 7 + 25)
     want = torch.from_numpy(wav)[..., positions % 10].numpy()

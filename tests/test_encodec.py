@@ -1,44 +1,30 @@
 """EnCodec parity against transformers' EncodecModel, loaders for both layouts, stereo, errors, CLI."""
+from __future__ import annotations
+
 import json
 import os
 
 import huggingface_hub.constants
 import numpy as np
 import pytest
-import torch
 import yaml
 from safetensors.numpy import load_file as load_numpy
-from safetensors.torch import load_file
-from transformers import EncodecConfig as HFEncodecConfig
-from transformers import EncodecModel
 
 from musicgen_jax.codec import CompressionModel
 from musicgen_jax.convert.common import CheckpointError
 from musicgen_jax.convert.encodec import (encodec_config_from_hf, encodec_params_from_state_dict,
                                           load_encodec)
-from musicgen_jax.testing import ENCODEC_32KHZ, put_in_hub_cache
+from musicgen_jax.testing import ENCODEC_32KHZ, TINY_ENCODEC, put_in_hub_cache
+from musicgen_jax.testing import reference_encodec as build_reference  # codebooks spread over the latents
 from tests.helpers import legacy_weight_norm_names, snr_db
 
-TINY = dict(sampling_rate=32000, audio_channels=1, num_filters=4, upsampling_ratios=[4, 2], hidden_size=8,
-            codebook_size=32, target_bandwidths=[80.0], use_causal_conv=False, use_conv_shortcut=False,
-            pad_mode="reflect", normalize=False, chunk_length_s=None)
+TINY = TINY_ENCODEC  # 32 kHz, hop 8, 4 codebooks of 32 codes
 REAL_32K = ENCODEC_32KHZ  # facebook/encodec_32khz, the codec of every MusicGen model
 
 
-def build_reference(hf_kwargs: dict, seed: int = 0) -> EncodecModel:
-    """Random EncodecModel whose codebooks are spread over the latents (they initialise to zeros)."""
-    torch.manual_seed(seed)
-    model = EncodecModel(HFEncodecConfig(**hf_kwargs)).eval()
-    with torch.no_grad():
-        latents = model.encoder(torch.randn(1, hf_kwargs["audio_channels"], 4000) * 0.3)[0].T  # [T, D]
-        mean, std = latents.mean(0), latents.std(0)
-        for q, layer in enumerate(model.quantizer.layers):
-            noise = torch.randn_like(layer.codebook.embed) * std
-            layer.codebook.embed.copy_(mean + noise if q == 0 else noise * 0.5)
-    return model
-
-
 def reference_codes_and_audio(model: EncodecModel, wav: np.ndarray):
+    import torch
+
     with torch.no_grad():
         codes = model.encode(torch.from_numpy(wav)).audio_codes[0]
         audio = model.decode(codes[None], [None]).audio_values
@@ -67,6 +53,7 @@ def assert_parity(codec: CompressionModel, reference: EncodecModel, wav: np.ndar
     assert snr_db(ref_audio, audio) >= 60
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("length", [77, 5, 64, 1])
 def test_tiny_parity_any_length(tiny_dir, length):
     path, reference = tiny_dir
@@ -74,6 +61,7 @@ def test_tiny_parity_any_length(tiny_dir, length):
     assert_parity(codec, reference, random_wav(2, 1, length), min_unique=1 if length < 16 else 8)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("variant", [
     dict(pad_mode="constant"),
     dict(use_causal_conv=True, use_conv_shortcut=True),  # the 24 kHz codec's structure
@@ -85,6 +73,7 @@ def test_tiny_parity_variants(tmp_path, variant):
     assert_parity(CompressionModel.from_pretrained(str(tmp_path)), reference, random_wav(2, 1, 83))
 
 
+@pytest.mark.parity
 @pytest.mark.slow
 def test_real_32khz_parity(tmp_path):
     reference = build_reference(REAL_32K)
@@ -94,8 +83,12 @@ def test_real_32khz_parity(tmp_path):
     assert_parity(codec, reference, random_wav(2, 1, 6 * 640 + 123), min_unique=20)
 
 
+@pytest.mark.parity
 def test_legacy_weight_norm_names_and_pickle(tiny_dir, tmp_path):
     """Official repos store weight_g/weight_v; pytorch_model.bin pickles load too."""
+    import torch
+    from safetensors.torch import load_file
+
     path, reference = tiny_dir
     state = legacy_weight_norm_names(load_file(os.path.join(path, "model.safetensors")))
     assert any(k.endswith(".weight_g") for k in state)
@@ -106,17 +99,12 @@ def test_legacy_weight_norm_names_and_pickle(tiny_dir, tmp_path):
     assert_parity(CompressionModel.from_pretrained(str(legacy)), reference, random_wav(1, 1, 99))
 
 
+@pytest.mark.parity
 def test_musicgen_checkpoint_audio_encoder_part(tmp_path):
-    from transformers import (MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration,
-                              T5Config)
+    from musicgen_jax.testing import reference_musicgen
 
-    text = T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)
-    decoder = MusicgenDecoderConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
-                                    ffn_dim=32, num_codebooks=4, audio_channels=1)
-    config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=HFEncodecConfig(**TINY).to_dict(),
-                            decoder=decoder.to_dict())
-    torch.manual_seed(0)
-    model = MusicgenForConditionalGeneration(config).eval()
+    text = dict(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)
+    model = reference_musicgen(dim=16, layers=1, heads=4, ffn=32, text=text, codec=TINY, widen=False)
     reference = build_reference(TINY, seed=3)
     model.audio_encoder.load_state_dict(reference.state_dict())
     model.save_pretrained(tmp_path)
@@ -156,7 +144,11 @@ def _audiocraft_xp_cfg(hf_kwargs: dict) -> str:
     })
 
 
+@pytest.mark.parity
 def test_audiocraft_trained_codec(tiny_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
     path, reference = tiny_dir
     hf_state = dict(load_file(os.path.join(path, "model.safetensors")))
     pkg = {"best_state": _audiocraft_state(hf_state), "xp.cfg": _audiocraft_xp_cfg(TINY),
@@ -167,7 +159,10 @@ def test_audiocraft_trained_codec(tiny_dir, tmp_path):
     assert_parity(codec, reference, random_wav(2, 1, 77))
 
 
+@pytest.mark.parity
 def test_audiocraft_pointer_resolves_through_hub_cache(tiny_dir, tmp_path, monkeypatch):
+    import torch
+
     path, reference = tiny_dir
     cache = tmp_path / "hub"
     put_in_hub_cache(str(cache), "facebook/encodec_32khz", path)
@@ -191,6 +186,7 @@ def test_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch):
         load_encodec(str(tmp_path / "nope") + "/")
 
 
+@pytest.mark.parity
 def test_stereo_interleaves_two_mono_streams(tiny_dir):
     path, reference = tiny_dir
     mono = CompressionModel.from_pretrained(path)
@@ -207,6 +203,7 @@ def test_stereo_interleaves_two_mono_streams(tiny_dir):
     np.testing.assert_allclose(audio[:, 1], np.asarray(mono.decode(right))[:, 0], atol=1e-6)
 
 
+@pytest.mark.parity
 def test_checkpoint_problems_listed_in_one_error(tiny_dir):
     path, _ = tiny_dir
     with open(os.path.join(path, "config.json")) as f:
@@ -228,6 +225,7 @@ def test_unsupported_48khz_is_refused():
         encodec_config_from_hf(dict(norm_type="time_group_norm", normalize=True, chunk_length_s=1.0))
 
 
+@pytest.mark.parity
 def test_bad_inputs(tiny_dir):
     codec = CompressionModel.from_pretrained(tiny_dir[0])
     cases = [
@@ -250,6 +248,7 @@ def test_bad_inputs(tiny_dir):
         codec.decode(np.zeros((1, 4, 3), np.float32))
 
 
+@pytest.mark.parity
 def test_encodec_param_count_matches_pytorch():
     """Our tree at the real 32 kHz size vs the torch module built on the meta device.
 
@@ -257,7 +256,10 @@ def test_encodec_param_count_matches_pytorch():
     (torch buffers): the counts must agree after exactly those three adjustments.
     """
     import jax
+    import torch
     from flax import traverse_util
+    from transformers import EncodecConfig as HFEncodecConfig
+    from transformers import EncodecModel
 
     from musicgen_jax.convert.encodec import encodec_abstract_params
 
@@ -275,6 +277,7 @@ def test_encodec_param_count_matches_pytorch():
     assert count > 50_000_000 // 10  # sanity: millions of weights, not a toy
 
 
+@pytest.mark.parity
 def test_cli_encode_decode_roundtrip(tiny_dir, tmp_path):
     import soundfile as sf
 

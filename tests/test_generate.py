@@ -5,51 +5,24 @@ import os
 import jax
 import numpy as np
 import pytest
-import torch
 
 from musicgen_jax.generate import compiled_decode_programs
 from musicgen_jax.musicgen import MusicGen
+from musicgen_jax.testing import put_in_hub_cache, save_reference_musicgen, train_spiece
 from tests.helpers import snr_db
-from tests.lm_fixtures import widen_
-from musicgen_jax.testing import put_in_hub_cache, train_spiece
+
+pytestmark = pytest.mark.parity  # every test compares with, or starts from, a transformers reference
 
 PROMPTS_SAME_LENGTH = ["happy rock guitar", "happy jazz piano"]  # 13 tokens each
 PROMPTS_UNEQUAL = ["happy rock guitar", "soft jazz piano"]  # 13 and 8 tokens
 
 
-def build_reference(tmp_path, *, stereo=False, melody=False, dim=32, layers=2, heads=4, seed=0):
-    """A random-weight transformers MusicGen (or MusicgenMelody) saved in the real layout, with a
-    trained spiece.model."""
-    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, MusicgenMelodyConfig,
-                              MusicgenMelodyDecoderConfig, MusicgenMelodyForConditionalGeneration, T5Config)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    torch.manual_seed(seed)
-    t5 = T5Config(vocab_size=300, d_model=24, d_kv=8, d_ff=32, num_layers=2, num_heads=3)
-    codec = EncodecConfig(sampling_rate=32000, num_filters=4, upsampling_ratios=[4, 2], hidden_size=8,
-                          codebook_size=32, target_bandwidths=[80.0], use_causal_conv=False,
-                          use_conv_shortcut=False, normalize=False, chunk_length_s=None)
-    decoder = dict(vocab_size=32, hidden_size=dim, num_hidden_layers=layers, num_attention_heads=heads,
-                   ffn_dim=4 * dim, num_codebooks=8 if stereo else 4, audio_channels=2 if stereo else 1,
-                   pad_token_id=32, bos_token_id=32, dropout=0.0)
-    if melody:
-        model = MusicgenMelodyForConditionalGeneration(MusicgenMelodyConfig(
-            text_encoder=t5, audio_encoder=codec, decoder=MusicgenMelodyDecoderConfig(**decoder),
-            num_chroma=12, chroma_length=235))
-    else:
-        model = MusicgenForConditionalGeneration(MusicgenConfig(
-            text_encoder=t5, audio_encoder=codec, decoder=MusicgenDecoderConfig(**decoder)))
-    model.set_attn_implementation("eager")
-    widen_(model, seed)
-    with torch.no_grad():  # spread the codec's codebooks over its latents (they initialise to zeros)
-        for layer in model.audio_encoder.quantizer.layers:
-            layer.codebook.embed.normal_()
-    model.eval()
-    model.save_pretrained(tmp_path)
-    train_spiece(str(tmp_path))
-    return model
+def build_reference(tmp_path, *, stereo=False, melody=False, **kwargs):
+    """A random-weight transformers MusicGen (or MusicgenMelody) saved in the real layout, with a trained
+    spiece.model: testing.save_reference_musicgen (tiny T5 and EnCodec, widened LM; kwargs such as dim,
+    layers, heads, seed, layout go to it)."""
+    kind = "melody" if melody else "stereo" if stereo else "mono"
+    return save_reference_musicgen(tmp_path, kind=kind, **kwargs)
 
 
 def reference_generate(model, mg: MusicGen, prompts, frames: int, cfg: float = 3.0, audiocraft_padding=False,
@@ -60,6 +33,8 @@ def reference_generate(model, mg: MusicGen, prompts, frames: int, cfg: float = 3
     real mask, padded features are zeroed, and the decoder sees an all-ones mask. Exact when the
     model's enc_to_dec_proj has no bias (zero features then project to the zero memory audiocraft uses).
     """
+    import torch
+
     captured = {}
     decode = model.audio_encoder.decode
 
@@ -128,6 +103,8 @@ def test_text_changes_tokens(tiny):
 
 def test_unequal_prompt_lengths_follow_audiocraft(tmp_path):
     """Padded text positions take attention mass in audiocraft (our reference), not in transformers."""
+    import torch
+
     model = build_reference(tmp_path)
     with torch.no_grad():
         model.enc_to_dec_proj.bias.zero_()
@@ -156,6 +133,8 @@ def test_greedy_musicgen_small_shapes(tmp_path):
 
 def test_continuation_matches_transformers_audio_prompt(tiny):
     """generate_continuation keeps the prompt and continues it like transformers' input_values path."""
+    import torch
+
     model, mg = tiny
     frames, prompt_frames = 100, 30
     greedy(mg, frames)
@@ -180,25 +159,27 @@ def test_continuation_matches_transformers_audio_prompt(tiny):
 
 
 def test_long_form_windows_restart_from_the_stride(tiny, monkeypatch):
-    _, mg = tiny
-    original_config = mg.config
-    window = 40  # frames: a 0.01 s window at the tiny codec's 4000 Hz frame rate
-    mg.config = dataclasses.replace(mg.config, max_duration=window / mg.frame_rate)
-    calls = []
-    inner = MusicGen._generate_window
+    import copy
 
-    def spy(self, conditions, prompt_tokens, frames, key, reporter, offset):
-        out = inner(self, conditions, prompt_tokens, frames, key, reporter, offset)
+    from musicgen_jax.sampler import Sampler
+
+    _, mg = tiny
+    window = 40  # frames: a 0.01 s window at the tiny codec's 4000 Hz frame rate
+    short = copy.copy(mg)  # the same weights with a shorter window (training segment)
+    short.sampler = copy.copy(mg.sampler)
+    short.sampler.config = dataclasses.replace(mg.config, max_duration=window / mg.frame_rate)
+    calls = []
+    inner = Sampler._window
+
+    def spy(self, conditions, prompt_tokens, frames, *args):
+        out = inner(self, conditions, prompt_tokens, frames, *args)
         calls.append((None if prompt_tokens is None else np.asarray(prompt_tokens), frames, np.asarray(out)))
         return out
 
-    monkeypatch.setattr(MusicGen, "_generate_window", spy)
-    try:
-        mg.set_generation_params(duration=100 / mg.frame_rate, use_sampling=False, cfg_coef=3.0,
-                                 extend_stride=25 / mg.frame_rate)
-        _, tokens = mg.generate(["happy rock guitar"], return_tokens=True)
-    finally:
-        mg.config = original_config
+    monkeypatch.setattr(Sampler, "_window", spy)
+    short.set_generation_params(duration=100 / mg.frame_rate, use_sampling=False, cfg_coef=3.0,
+                                extend_stride=25 / mg.frame_rate)
+    _, tokens = short.generate(["happy rock guitar"], return_tokens=True)
     tokens = np.asarray(tokens)
     assert tokens.shape == (1, 4, 100)
     assert [c[1] for c in calls] == [40, 40, 40, 25]  # windows at frames 0, 25, 50 and 75 (the last cut at 100)
@@ -320,6 +301,8 @@ def _melody_wavs():
 
 
 def test_melody_greedy_matches_transformers(tmp_path):
+    import torch
+
     from musicgen_jax.chroma import extract_chroma
 
     model = build_reference(tmp_path, melody=True)
@@ -430,3 +413,26 @@ def test_sharded_generation_equals_one_device(tiny):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     # asynchronous progress callbacks have all arrived, in order, before generate returns
     assert seen == [49, 99, 120]
+
+
+def test_decode_caches_are_laid_out_by_logical_axes(tiny):
+    """Caches of both layer layouts (a tuple of [B, H, L, D], or one stacked [L, B, H, L, D]): rows over
+    data, heads over tensor (tensor parallelism), whatever the array's rank."""
+    import copy
+
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from musicgen_jax.config import Guidance
+    from musicgen_jax.generate import init_caches
+    from musicgen_jax.sharding import make_mesh
+
+    _, mg = tiny
+    mesh = make_mesh(data=2, fsdp=1, tensor=2, devices=jax.devices()[:4])
+    unrolled = copy.copy(mg).shard(mesh).lm
+    heads, head_dim = mg.config.lm.num_heads, mg.config.lm.head_dim
+    for lm, lead in ((unrolled, ()), (unrolled.clone(scan_layers=True), (None,))):
+        cache = jax.jit(lambda lm=lm: init_caches(lm, 3, 64, Guidance(coef=3.0)))()  # 6 rows: [cond; null]
+        for k in jax.tree.leaves(cache.k):
+            want = NamedSharding(mesh, P(*lead, ("data", "fsdp"), "tensor", None, None))
+            assert k.sharding.is_equivalent_to(want, k.ndim), k.sharding.spec
+            assert k.addressable_shards[0].data.shape[len(lead):] == (3, heads // 2, 64, head_dim)

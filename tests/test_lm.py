@@ -10,13 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from musicgen_jax.config import PRESETS, LMConfig, preset, tiny
 from musicgen_jax.convert.common import CheckpointError
 from musicgen_jax.convert.lm import (lm_config_from_audiocraft, lm_config_from_hf, lm_params_from_transformers,
                                      load_audiocraft_lm, load_transformers_lm)
 from musicgen_jax.modules.lm import LMCache, MusicGenLM, abstract_lm_params, init_lm, stack_layers, unstack_layers
+from tests.helpers import no_grad
 from tests.lm_fixtures import (TEXT_DIM, audiocraft_xp_cfg, delayed_codes, hf_state_numpy, make_hf_model,
                                save_audiocraft)
 
@@ -41,9 +41,11 @@ def ours(config, params, seq, text, mask, chroma=None, dtype=jnp.float32) -> np.
                                                None if chroma is None else jnp.asarray(chroma)))
 
 
-@torch.no_grad()
+@no_grad
 def hf_logits(model, seq, text, mask) -> np.ndarray:
     """transformers teacher-forced logits, text encoder skipped (encoder_outputs given)."""
+    import torch
+
     b, k, s = seq.shape
     out = model(encoder_outputs=(torch.from_numpy(text),), attention_mask=torch.from_numpy(mask),
                 decoder_input_ids=torch.from_numpy(seq).reshape(b * k, s))
@@ -95,6 +97,7 @@ def mono(tmp_path_factory):
     return model, str(path)
 
 
+@pytest.mark.parity
 def test_hf_config_and_tiny_parity(mono):
     model, path = mono
     config, params = load_transformers_lm(path)  # real on-disk layout: config.json + safetensors
@@ -107,6 +110,7 @@ def test_hf_config_and_tiny_parity(mono):
     _check_text_matters(got)
 
 
+@pytest.mark.parity
 def test_stereo_parity(tmp_path):
     model = make_hf_model("stereo", seed=1)
     model.save_pretrained(tmp_path)
@@ -121,8 +125,11 @@ def test_stereo_parity(tmp_path):
     _check_text_matters(got)
 
 
-@torch.no_grad()
+@pytest.mark.parity
+@no_grad
 def test_melody_parity(tmp_path):
+    import torch
+
     frames, chroma_frames, text_len = 5, 6, 4
     model = make_hf_model("melody", seed=2, chroma_length=chroma_frames)
     model.save_pretrained(tmp_path)
@@ -152,6 +159,7 @@ def test_melody_parity(tmp_path):
     assert np.abs(got2[0] - got[0]).max() > 1e-1
 
 
+@pytest.mark.parity
 @pytest.mark.slow
 def test_real_small_shape_parity(tmp_path):
     """musicgen-small decoder shapes (1024 wide, 24 layers, 16 heads, 2048 codes), ~10 steps."""
@@ -168,12 +176,15 @@ def test_real_small_shape_parity(tmp_path):
     _check_text_matters(got)
 
 
-@torch.no_grad()
+@pytest.mark.parity
+@no_grad
 def test_unequal_text_lengths_follow_audiocraft(mono):
     """audiocraft does not mask padded text in cross-attention (padded memory = zeros still takes
     softmax mass); transformers does. Rows with padding differ between the two references; we match a
     hand-built audiocraft computation: the transformers decoder given memory proj(text) * mask and no
     encoder attention mask."""
+    import torch
+
     model, path = mono
     config, params = load_transformers_lm(path)
     rng = np.random.default_rng(4)
@@ -194,6 +205,7 @@ def test_unequal_text_lengths_follow_audiocraft(mono):
 # audiocraft layout
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("kind", ["mono", "melody"])
 def test_audiocraft_layout_matches_transformers_layout(tmp_path, kind, mono):
     melody = kind == "melody"
@@ -233,6 +245,7 @@ def test_audiocraft_config_refuses_unsupported_features():
         lm_config_from_audiocraft(cfg)
 
 
+@pytest.mark.parity
 def test_checkpoint_errors_list_every_problem(mono):
     model, _ = mono
     config = _tiny_lm()
@@ -288,6 +301,7 @@ def test_cached_decode_matches_full_pass(kind, scan_layers):
     assert np.abs(np.concatenate(outs, axis=2) - full).max() <= 1e-5
 
 
+@pytest.mark.parity
 def test_bf16_compute_keeps_fp32_params_and_logits(mono):
     model, path = mono
     config, params = load_transformers_lm(path)
@@ -318,6 +332,7 @@ def test_remat_gives_same_gradients():
 
 
 def _torch_reference_count(lm: LMConfig) -> int:
+    import torch
     from transformers import (MusicgenDecoderConfig, MusicgenForCausalLM, MusicgenMelodyDecoderConfig,
                               MusicgenMelodyForCausalLM)
 
@@ -336,6 +351,7 @@ def _torch_reference_count(lm: LMConfig) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_param_count_matches_reference(name):
     lm = PRESETS[name].lm

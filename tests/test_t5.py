@@ -38,6 +38,7 @@ def tiny_relu(tmp_path_factory):
     return model, path
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("buckets,max_distance", [(32, 128), (8, 20), (16, 64), (64, 256)])
 def test_relative_position_buckets_match_transformers(buckets, max_distance):
     import torch
@@ -52,6 +53,7 @@ def test_relative_position_buckets_match_transformers(buckets, max_distance):
     assert ours.min() == 0 and ours.max() == buckets - 1
 
 
+@pytest.mark.parity
 def test_tiny_parity_padded_batch(tiny_relu):
     model, path = tiny_relu
     config, params = load_t5(path)
@@ -68,6 +70,7 @@ def test_tiny_parity_padded_batch(tiny_relu):
     assert max_diff_on_tokens(encode(config, params, ids, np.ones_like(mask)), ref, mask) > 1e-2
 
 
+@pytest.mark.parity
 def test_gated_gelu_parity(tmp_path):
     model = reference_t5(seed=1, feed_forward_proj="gated-gelu", num_layers=2)
     model.save_pretrained(str(tmp_path))
@@ -79,6 +82,7 @@ def test_gated_gelu_parity(tmp_path):
     assert max_diff_on_tokens(encode(config, params, ids, mask), ref, mask) <= TOL
 
 
+@pytest.mark.parity
 def test_t5_base_shapes_parity(tmp_path):
     model = reference_t5(seed=2, **T5_BASE, relative_attention_num_buckets=32,
                          relative_attention_max_distance=128)
@@ -90,6 +94,7 @@ def test_t5_base_shapes_parity(tmp_path):
     assert max_diff_on_tokens(encode(config, params, ids, mask), ref, mask) <= TOL
 
 
+@pytest.mark.parity
 def test_padding_does_not_change_real_tokens(tiny_relu):
     _, path = tiny_relu
     config, params = load_t5(path)
@@ -99,6 +104,7 @@ def test_padding_does_not_change_real_tokens(tiny_relu):
     np.testing.assert_allclose(batched[1, :11], alone[0], atol=TOL, rtol=0)
 
 
+@pytest.mark.parity
 def test_row_without_tokens_is_finite(tiny_relu):
     """audiocraft's null condition runs T5 with an all-zero mask row, then zeroes it: no NaN allowed."""
     _, path = tiny_relu
@@ -108,6 +114,7 @@ def test_row_without_tokens_is_finite(tiny_relu):
     assert np.isfinite(encode(config, params, ids, mask)).all()
 
 
+@pytest.mark.parity
 def test_bf16_compute_close_to_fp32(tiny_relu):
     _, path = tiny_relu
     config, params = load_t5(path)
@@ -139,6 +146,7 @@ def test_params_carry_logical_axis_names():
 # ---------------------------------------------------------------- loader
 
 
+@pytest.mark.parity
 def test_loader_errors_name_the_keys(tiny_relu):
     model, _ = tiny_relu
     config = t5_config_from_hf(model.config.to_dict())
@@ -162,6 +170,7 @@ def test_loader_errors_name_the_keys(tiny_relu):
     assert all(k in str(info.value) for k in (dropped, extra, bad))
 
 
+@pytest.mark.parity
 def test_embedding_from_either_tied_name_and_prefix(tiny_relu):
     model, _ = tiny_relu
     config = t5_config_from_hf(model.config.to_dict())
@@ -181,6 +190,7 @@ def test_embedding_from_either_tied_name_and_prefix(tiny_relu):
                                   config, prefix="text_encoder.")
 
 
+@pytest.mark.parity
 def test_load_musicgen_transformers_dir(tiny_relu, tmp_path):
     """load_t5 on a MusicGen transformers dir uses its `text_encoder` config and prefixed weights."""
     from safetensors.numpy import save_file
@@ -199,6 +209,7 @@ def test_load_musicgen_transformers_dir(tiny_relu, tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, expected)
 
 
+@pytest.mark.parity
 def test_hub_name_resolves_through_cache_offline(tiny_relu, tmp_path, monkeypatch):
     _, path = tiny_relu
     files = {n: os.path.join(path, n) for n in ("config.json", "model.safetensors")}

@@ -56,6 +56,7 @@ def sp(spiece_dir):
     return sentencepiece.SentencePieceProcessor(model_file=os.path.join(spiece_dir, "spiece.model"))
 
 
+@pytest.mark.parity
 def test_reference_is_trustworthy(reference, sp):
     """Guard: the reference gives real sentencepiece ids (not all <unk>), or the comparisons prove nothing."""
     ids = reference(CASES["english"])["input_ids"]
@@ -63,6 +64,7 @@ def test_reference_is_trustworthy(reference, sp):
     assert len(ids) > 5 and ids.count(2) == 0 and len(set(ids)) > 5
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_ids_match_transformers(ours, reference, sp, case):
     text = CASES[case]
@@ -87,6 +89,7 @@ def test_edge_case_ids(ours, sp):
     assert ours.encode("<extra_id_0>")[0] == vocab - 1 and ours.encode("<extra_id_99>")[0] == vocab - 100
 
 
+@pytest.mark.parity
 def test_literal_eos_is_not_doubled(ours, reference):
     """Slow T5Tokenizer: no second </s> after a prompt ending in "</s>" (transformers 5.x adds one)."""
     body = ours.encode("soft piano")[:-1]
@@ -95,6 +98,7 @@ def test_literal_eos_is_not_doubled(ours, reference):
     assert reference("soft piano</s>")["input_ids"] == body + [1, 1]
 
 
+@pytest.mark.parity
 def test_padded_batch_matches_transformers(ours, reference):
     prompts = [CASES["english"], "", CASES["emoji"], CASES["long"], "jazz"]
     with warnings.catch_warnings():

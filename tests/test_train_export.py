@@ -10,8 +10,11 @@ import pytest
 from musicgen_jax.train import trainer as T
 from musicgen_jax.train.config import ModelSection, OptimSection
 from musicgen_jax.train.export import export_transformers, lm_state_dict
-from musicgen_jax.train.model import build_model, training_layout
+from musicgen_jax.modules.lm import stack_layers
+from musicgen_jax.train.model import build_model
 from tests.train_fixtures import save_tiny_transformers_musicgen, single_device_mesh
+
+pytestmark = pytest.mark.parity  # fine-tunes and exports a transformers checkpoint built with torch
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,7 @@ def test_export_round_trip_gives_the_same_logits(base, tmp_path):
 
     out = export_transformers(str(tmp_path / "export"), model.config, trained, model.t5_params, base)
     loaded = MusicGen.from_pretrained(out)
-    got = jax.tree.map(np.asarray, training_layout(loaded.lm_params, model.config.lm.num_layers))
+    got = jax.tree.map(np.asarray, stack_layers(loaded.lm_params, model.config.lm.num_layers))
     assert jax.tree.structure(got) == jax.tree.structure(trained)
     jax.tree.map(np.testing.assert_array_equal, got, trained)
 

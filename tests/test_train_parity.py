@@ -13,12 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from musicgen_jax.convert.lm import lm_config_from_hf, lm_params_from_transformers
 from musicgen_jax.modules.lm import MusicGenLM
 from musicgen_jax.train import loss as L
 from tests.lm_fixtures import hf_state_numpy, make_hf_model
+
+pytestmark = pytest.mark.parity
 
 FRAMES = 6
 TEXT_LEN = 4
@@ -33,6 +34,8 @@ def _labels(x: np.ndarray, pad: int) -> np.ndarray:
 
 
 def _torch_loss_and_grads(model, kind, x, conditioning):
+    import torch
+
     b, k, s = x.shape
     model.zero_grad()
     common = dict(decoder_input_ids=torch.from_numpy(x).reshape(b * k, s),
@@ -51,6 +54,8 @@ def _torch_loss_and_grads(model, kind, x, conditioning):
 
 def _conditioning(model, kind, rng, batch):
     """Two conditional rows and two null rows (all-zero mask), as CFG training sees them."""
+    import torch
+
     mask = np.array([[1] * TEXT_LEN] * (batch // 2) + [[0] * TEXT_LEN] * (batch - batch // 2), np.int64)
     if kind != "melody":
         text = rng.standard_normal((batch, TEXT_LEN, model.config.text_encoder.d_model)).astype(np.float32)

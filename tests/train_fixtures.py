@@ -1,5 +1,5 @@
 """Helpers for the training tests: a tiny tokenizer, synthetic learnable datasets, test configs,
-and a tiny transformers-layout MusicGen checkpoint (the base for fine-tuning and export)."""
+and a tiny transformers-layout MusicGen checkpoint (the base for fine-tuning and export; needs torch)."""
 from __future__ import annotations
 
 import os
@@ -181,24 +181,15 @@ def tone(seconds: float, rate: int, freq: float = 440.0, channels: int = 1, seed
     return np.repeat(wav[None], channels, axis=0).astype(np.float32)
 
 
+TRAIN_T5 = dict(vocab_size=128, d_model=24, d_kv=8, d_ff=32, num_layers=1, num_heads=3)
+
+
 def save_tiny_transformers_musicgen(directory: str, seed: int = 0) -> str:
     """A random tiny transformers MusicGen (T5 width 24 != LM width 32, so it has a text projection;
-    the tiny EnCodec; a sentencepiece tokenizer) saved where `MusicGen.from_pretrained` can load it."""
-    import torch
-    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, T5Config)
-    from transformers.utils import logging as hf_logging
+    the tiny EnCodec; a 100-piece sentencepiece tokenizer) saved where `MusicGen.from_pretrained` can
+    load it: testing.save_reference_musicgen at these sizes, with transformers' own init (not widened)."""
+    from musicgen_jax.testing import save_reference_musicgen
 
-    hf_logging.set_verbosity_error()
-    torch.manual_seed(seed)
-    t5 = T5Config(vocab_size=128, d_model=24, d_kv=8, d_ff=32, num_layers=1, num_heads=3)
-    # 4 codebooks x log2(32) bits x 4000 frames/s = 80 kbit/s
-    codec = EncodecConfig(num_filters=4, upsampling_ratios=[4, 2], hidden_size=8, codebook_size=32,
-                          num_lstm_layers=2, target_bandwidths=[80.0], sampling_rate=32000, use_causal_conv=False,
-                          use_conv_shortcut=False, pad_mode="reflect", normalize=False, chunk_length_s=None)
-    decoder = MusicgenDecoderConfig(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                    ffn_dim=64, num_codebooks=4, pad_token_id=32, bos_token_id=32, dropout=0.0)
-    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=t5, audio_encoder=codec, decoder=decoder))
-    model.save_pretrained(directory)
-    tiny_tokenizer(directory)
+    save_reference_musicgen(directory, dim=32, layers=2, heads=4, ffn=64, card=32, text=TRAIN_T5, widen=False,
+                            spiece_vocab=100, seed=seed)
     return directory

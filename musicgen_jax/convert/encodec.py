@@ -270,8 +270,8 @@ def load_encodec(name_or_path: str) -> tuple[EncodecConfig, dict]:
     path = os.path.expanduser(os.fspath(name_or_path))
     if os.path.isfile(path):
         return load_encodec_audiocraft(path)
-    directory = hub.resolve(name_or_path)
-    if os.path.isfile(os.path.join(directory, "compression_state_dict.bin")):
+    directory, layout = hub.resolve_encodec(name_or_path)  # fetches one layout's files only
+    if layout == hub.AUDIOCRAFT:
         return load_encodec_audiocraft(os.path.join(directory, "compression_state_dict.bin"))
     with open(os.path.join(directory, "config.json")) as f:
         model_type = json.load(f).get("model_type")

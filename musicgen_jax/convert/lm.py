@@ -1,45 +1,36 @@
-"""MusicGen LM checkpoints -> our `MusicGenLM` parameter tree (layers stacked on a leading axis).
+"""MusicGen LM checkpoints <-> our `MusicGenLM` parameter tree (scanned layout: layers stacked on axis 0).
 
-Two on-disk layouts are read.
+Each on-disk layout is ONE key table (`TRANSFORMERS`, `AUDIOCRAFT`, see convert/layout.py) that
+drives both reading (`lm_params_from_*`) and writing (`lm_state_dict`). A row names the checkpoint
+key (with `{layers}` / `{codebooks}` for the index along our stacked axes), our parameter(s), and the
+tensor's torch axis order as groups of our logical axis names, which come from the module itself, so
+nothing here hard-codes our kernel layouts.
 
 transformers (`MusicgenForConditionalGeneration` / `MusicgenMelodyForConditionalGeneration`,
-config.json + model.safetensors); `text_encoder.*` and `audio_encoder.*` keys belong to other models:
-  decoder.model.decoder.embed_tokens.{q}.weight                       [card + 1, dim]
-  decoder.model.decoder.layers.{l}.self_attn.{q,k,v,out}_proj.weight  [dim, dim]
-  decoder.model.decoder.layers.{l}.self_attn_layer_norm.{weight,bias}
-  decoder.model.decoder.layers.{l}.encoder_attn.{q,k,v,out}_proj.weight     (not in melody models)
-  decoder.model.decoder.layers.{l}.encoder_attn_layer_norm.{weight,bias}
-  decoder.model.decoder.layers.{l}.fc1.weight [ffn, dim], fc2.weight [dim, ffn]
-  decoder.model.decoder.layers.{l}.final_layer_norm.{weight,bias}
-  decoder.model.decoder.layer_norm.{weight,bias}
-  decoder.lm_heads.{q}.weight                                         [card, dim]
-  enc_to_dec_proj.{weight,bias}        [dim, text_dim]  (absent when text_dim == dim: identity)
-  audio_enc_to_dec_proj.{weight,bias}  [dim, chroma]    (melody; absent when chroma == dim)
-A bare `MusicgenForCausalLM` (keys `model.decoder.*`, `lm_heads.*`) is read too.
+config.json + model.safetensors; `text_encoder.*` and `audio_encoder.*` belong to other models). It
+omits `enc_to_dec_proj` when the text width equals the LM width (and `audio_enc_to_dec_proj` when the
+chroma bins do): such a checkpoint reads as the identity, and such an LM cannot be written. A bare
+`MusicgenForCausalLM` (keys `model.decoder.*`, `lm_heads.*`) is read with the same table.
 
-audiocraft (`state_dict.bin` = {'best_state': {...}, 'xp.cfg': YAML, 'version', 'exported'}):
-  emb.{q}.weight
-  transformer.layers.{l}.self_attn.in_proj_weight   [3 * dim, dim] = q | k | v  (".mha." tolerated)
-  transformer.layers.{l}.self_attn.out_proj.weight
-  transformer.layers.{l}.cross_attention.{in_proj_weight, out_proj.weight}
-  transformer.layers.{l}.{norm1, norm_cross, norm2}.{weight,bias}, linear1.weight, linear2.weight
-  out_norm.{weight,bias}, linears.{q}.weight
-  condition_provider.conditioners.description.output_proj.{weight,bias}
-  condition_provider.conditioners.self_wav.output_proj.{weight,bias}   (melody; the chroma
-      extractor's buffers `...self_wav.chroma.*` are skipped)
+audiocraft (`state_dict.bin` = {'best_state': {...}, 'xp.cfg': YAML, 'version', 'exported'}): attention
+in-projections are packed, `in_proj_weight` [3 * dim, dim] = q | k | v (a `.mha.` level is tolerated);
+the melody chroma extractor's buffers `condition_provider.conditioners.self_wav.chroma.*` are skipped.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
+from musicgen_jax.chroma import chroma_length
 from musicgen_jax.config import LMConfig
-from musicgen_jax.convert.common import (CheckpointError, StateDict, finish, load_torch_pickle,
-                                         load_transformers_weights, tensors_to_numpy)
+from musicgen_jax.convert import layout as L
+from musicgen_jax.convert.common import (CheckpointError, load_torch_pickle, load_transformers_weights,
+                                         tensors_to_numpy)
 
 # ---------------------------------------------------------------------------------------------------
 # configs
@@ -47,11 +38,6 @@ from musicgen_jax.convert.common import (CheckpointError, StateDict, finish, loa
 _T5_DIMS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024,
             "google/flan-t5-small": 512, "google/flan-t5-base": 768, "google/flan-t5-large": 1024,
             "google/flan-t5-xl": 2048, "google/flan-t5-xxl": 4096}
-
-
-def _chroma_frames(sample_rate: float, duration: float, radix2_exp: int = 14) -> int:
-    """Frames of a centred STFT with hop 2**radix2_exp / 4 over `duration` seconds (235 for 30 s)."""
-    return 1 + int(sample_rate * duration) // (2 ** radix2_exp // 4)
 
 
 def lm_config_from_hf(cfg: Mapping[str, Any]) -> LMConfig:
@@ -116,6 +102,20 @@ def parse_xp_cfg(xp_cfg: str | Mapping[str, Any]) -> dict[str, Any]:
     return _resolve(dict(xp_cfg), xp_cfg)
 
 
+def audiocraft_t5_name(xp_cfg: str | Mapping[str, Any]) -> str:
+    """The T5 an audiocraft model was trained with: `t5.name` of the conditioner whose `model` is t5
+    (the description conditioner first), "t5-base" when none says."""
+    if isinstance(xp_cfg, str):
+        xp_cfg = parse_xp_cfg(xp_cfg)
+    conditioners = xp_cfg.get("conditioners") or {}
+    order = ["description"] + [name for name in conditioners if name != "description"]
+    for name in order:
+        cond = conditioners.get(name)
+        if isinstance(cond, Mapping) and cond.get("model") == "t5":
+            return str((cond.get("t5") or {}).get("name", "t5-base"))
+    return "t5-base"
+
+
 def lm_config_from_audiocraft(cfg: str | Mapping[str, Any]) -> LMConfig:
     """audiocraft training config (xp.cfg) -> LMConfig; refuses features this port does not have."""
     cfg = parse_xp_cfg(cfg)
@@ -164,8 +164,7 @@ def lm_config_from_audiocraft(cfg: str | Mapping[str, Any]) -> LMConfig:
 
     conditioners = cfg.get("conditioners") or {}
     prepend, cross = list(fuser.get("prepend") or []), list(fuser.get("cross") or [])
-    desc = conditioners.get("description") or {}
-    t5_name = (desc.get("t5") or {}).get("name", "t5-base")
+    t5_name = audiocraft_t5_name(cfg)
     melody = "self_wav" in prepend
     chroma_bins, chroma_frames = 0, 235
     if melody:
@@ -173,7 +172,7 @@ def lm_config_from_audiocraft(cfg: str | Mapping[str, Any]) -> LMConfig:
         chroma_bins = int(chroma_cfg.get("n_chroma", 12))
         sr = chroma_cfg.get("sample_rate", cfg.get("sample_rate", 32000))
         duration = (cfg.get("dataset") or {}).get("segment_duration", 30)
-        chroma_frames = _chroma_frames(float(sr), float(duration), int(chroma_cfg.get("radix2_exp", 14)))
+        chroma_frames = chroma_length(float(duration), sr, n_fft=2 ** int(chroma_cfg.get("radix2_exp", 14)))
     cross_attention = bool(cross) or bool(tl.get("cross_attention", False))
     if cross and cross != ["description"] or (prepend and sorted(prepend) not in (["self_wav"], ["description", "self_wav"])):
         raise CheckpointError(f"unsupported conditioning layout: prepend={prepend}, cross={cross}")
@@ -194,203 +193,134 @@ def lm_config_from_audiocraft(cfg: str | Mapping[str, Any]) -> LMConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
+# key tables: torch axis order of each tensor, as groups of our logical axis names
+
+_VOCAB = (("vocab",), ("embed",))  # embeddings [card + 1, dim], heads [card, dim]
+_VEC = (("embed",),)  # norms, biases [dim]
+_PROJ = (("embed",), (L.UNNAMED,))  # text / chroma projection [dim, in]
+_IN_HEADS = (("heads", "kv"), ("embed",))  # q / k / v [H*D, dim]
+_OUT_HEADS = (("embed",), ("heads", "kv"))  # out [dim, H*D]
+_FC1 = (("mlp",), ("embed",))  # [ffn, dim]
+_FC2 = (("embed",), ("mlp",))  # [dim, ffn]
+
+_TEXT_SQUARE = L.Omission("text projection (the text width equals the LM width)",
+                          lambda c: c.condition_dim == c.dim)
+_CHROMA_SQUARE = L.Omission("chroma projection (the chroma bins equal the LM width)",
+                            lambda c: c.chroma_bins == c.dim)
+
+
+def _qkv(block: str) -> tuple[str, str, str]:
+    return tuple(f"layers/{block}/{p}/kernel" for p in ("query", "key", "value"))
+
+
+_D = "decoder.model.decoder."
+_HL = _D + "layers.{layers}."
+TRANSFORMERS = L.Layout("transformers MusicGen LM", (
+    L.Entry(_D + "embed_tokens.{codebooks}.weight", "embeddings", _VOCAB),
+    L.Entry("decoder.lm_heads.{codebooks}.weight", "heads", _VOCAB),
+    L.Entry(_D + "layer_norm.weight", "out_norm/scale", _VEC),
+    L.Entry(_D + "layer_norm.bias", "out_norm/bias", _VEC),
+    L.Entry("enc_to_dec_proj.weight", "text_proj/kernel", _PROJ, _TEXT_SQUARE),
+    L.Entry("enc_to_dec_proj.bias", "text_proj/bias", _VEC, _TEXT_SQUARE),
+    L.Entry("audio_enc_to_dec_proj.weight", "chroma_proj/kernel", _PROJ, _CHROMA_SQUARE),
+    L.Entry("audio_enc_to_dec_proj.bias", "chroma_proj/bias", _VEC, _CHROMA_SQUARE),
+    L.Entry(_HL + "self_attn.q_proj.weight", "layers/self_attn/query/kernel", _IN_HEADS),
+    L.Entry(_HL + "self_attn.k_proj.weight", "layers/self_attn/key/kernel", _IN_HEADS),
+    L.Entry(_HL + "self_attn.v_proj.weight", "layers/self_attn/value/kernel", _IN_HEADS),
+    L.Entry(_HL + "self_attn.out_proj.weight", "layers/self_attn/out/kernel", _OUT_HEADS),
+    L.Entry(_HL + "self_attn_layer_norm.weight", "layers/self_attn_norm/scale", _VEC),
+    L.Entry(_HL + "self_attn_layer_norm.bias", "layers/self_attn_norm/bias", _VEC),
+    L.Entry(_HL + "encoder_attn.q_proj.weight", "layers/cross_attn/query/kernel", _IN_HEADS),
+    L.Entry(_HL + "encoder_attn.k_proj.weight", "layers/cross_attn/key/kernel", _IN_HEADS),
+    L.Entry(_HL + "encoder_attn.v_proj.weight", "layers/cross_attn/value/kernel", _IN_HEADS),
+    L.Entry(_HL + "encoder_attn.out_proj.weight", "layers/cross_attn/out/kernel", _OUT_HEADS),
+    L.Entry(_HL + "encoder_attn_layer_norm.weight", "layers/cross_attn_norm/scale", _VEC),
+    L.Entry(_HL + "encoder_attn_layer_norm.bias", "layers/cross_attn_norm/bias", _VEC),
+    L.Entry(_HL + "fc1.weight", "layers/fc1/kernel", _FC1),
+    L.Entry(_HL + "fc2.weight", "layers/fc2/kernel", _FC2),
+    L.Entry(_HL + "final_layer_norm.weight", "layers/ffn_norm/scale", _VEC),
+    L.Entry(_HL + "final_layer_norm.bias", "layers/ffn_norm/bias", _VEC),
+), skip=("text_encoder.", "audio_encoder."), ignore=("embed_positions.weights",))
+
+# a bare MusicgenForCausalLM: the same tensors without the outer model's "decoder." prefix
+TRANSFORMERS_DECODER = TRANSFORMERS.with_key_prefixes(
+    {"decoder.model.decoder.": "model.decoder.", "decoder.lm_heads.": "lm_heads."})
+
+_C = "condition_provider.conditioners."
+_AL = "transformer.layers.{layers}."
+AUDIOCRAFT = L.Layout("audiocraft MusicGen LM", (
+    L.Entry("emb.{codebooks}.weight", "embeddings", _VOCAB),
+    L.Entry("linears.{codebooks}.weight", "heads", _VOCAB),
+    L.Entry("out_norm.weight", "out_norm/scale", _VEC),
+    L.Entry("out_norm.bias", "out_norm/bias", _VEC),
+    L.Entry(_C + "description.output_proj.weight", "text_proj/kernel", _PROJ),
+    L.Entry(_C + "description.output_proj.bias", "text_proj/bias", _VEC),
+    L.Entry(_C + "self_wav.output_proj.weight", "chroma_proj/kernel", _PROJ),
+    L.Entry(_C + "self_wav.output_proj.bias", "chroma_proj/bias", _VEC),
+    L.Entry(_AL + "self_attn.in_proj_weight", _qkv("self_attn"), _IN_HEADS),  # q | k | v
+    L.Entry(_AL + "self_attn.out_proj.weight", "layers/self_attn/out/kernel", _OUT_HEADS),
+    L.Entry(_AL + "norm1.weight", "layers/self_attn_norm/scale", _VEC),
+    L.Entry(_AL + "norm1.bias", "layers/self_attn_norm/bias", _VEC),
+    L.Entry(_AL + "cross_attention.in_proj_weight", _qkv("cross_attn"), _IN_HEADS),  # q | k | v
+    L.Entry(_AL + "cross_attention.out_proj.weight", "layers/cross_attn/out/kernel", _OUT_HEADS),
+    L.Entry(_AL + "norm_cross.weight", "layers/cross_attn_norm/scale", _VEC),
+    L.Entry(_AL + "norm_cross.bias", "layers/cross_attn_norm/bias", _VEC),
+    L.Entry(_AL + "linear1.weight", "layers/fc1/kernel", _FC1),
+    L.Entry(_AL + "linear2.weight", "layers/fc2/kernel", _FC2),
+    L.Entry(_AL + "norm2.weight", "layers/ffn_norm/scale", _VEC),
+    L.Entry(_AL + "norm2.bias", "layers/ffn_norm/bias", _VEC),
+), skip=(_C + "self_wav.chroma.",), aliases=((".mha.", "."),))
+
+LAYOUTS = {"transformers": TRANSFORMERS, "audiocraft": AUDIOCRAFT}
+
+
+# ---------------------------------------------------------------------------------------------------
 # parameters
 
 
-class _Reader:
-    """Takes tensors from a StateDict, checking their (torch-layout) shapes."""
+@functools.lru_cache(maxsize=16)
+def lm_param_specs(config: LMConfig) -> dict[tuple[str, ...], L.ParamSpec]:
+    """{param path: shape, dtype, logical axis names} of the scanned LM, from the module (nothing allocated)."""
+    import flax.linen as nn
+    import jax
+    from flax import traverse_util
 
-    def __init__(self, state: StateDict):
-        self.state = state
-        self.bad_shapes: list[str] = []
+    from musicgen_jax.modules.lm import init_lm
 
-    def get(self, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
-        arr = self.state.take(key)
-        if arr is None:
-            return None
-        if tuple(arr.shape) != tuple(shape):
-            self.bad_shapes.append(f"{key}: checkpoint {tuple(arr.shape)}, expected {tuple(shape)}")
-            return None
-        return arr
+    variables = jax.eval_shape(lambda: init_lm(config, jax.random.PRNGKey(0)))
+    specs = nn.get_partition_spec(variables)["params"]
+    axes = traverse_util.flatten_dict(specs, is_leaf=lambda _, x: isinstance(x, jax.sharding.PartitionSpec))
+    return L.param_specs(nn.meta.unbox(variables)["params"], {k: tuple(v) for k, v in axes.items()})
 
 
-# A layout maps our canonical torch-style names to arrays (torch [out, in] orientation):
-#   ("emb", q) ("head", q) ("out_norm", "weight"|"bias") ("text_proj", "weight"|"bias")
-#   ("chroma_proj", ...) ("layer", l, part) with part in sa_q, sa_k, sa_v, sa_o, sa_norm_w, sa_norm_b,
-#   ca_q, ca_k, ca_v, ca_o, ca_norm_w, ca_norm_b, fc1, fc2, ffn_norm_w, ffn_norm_b.
-Fetch = Callable[..., "np.ndarray | None"]
+def _read(layout: L.Layout, state: Mapping[str, np.ndarray], config: LMConfig) -> Any:
+    from flax import traverse_util
 
-
-def _assemble(config: LMConfig, fetch: Fetch) -> dict[tuple[str, ...], np.ndarray | None]:
-    c = config
-    h, d = c.num_heads, c.head_dim
-
-    def stack(items):
-        items = list(items)
-        return None if any(x is None for x in items) else np.stack(items)
-
-    def t(x):
-        return None if x is None else x.T
-
-    flat: dict[tuple[str, ...], np.ndarray | None] = {
-        ("embeddings",): stack(fetch("emb", q) for q in range(c.num_codebooks)),
-        ("heads",): None if (hs := stack(t(fetch("head", q)) for q in range(c.num_codebooks))) is None
-        else hs.transpose(1, 0, 2),  # [dim, K, card]
-        ("out_norm", "scale"): fetch("out_norm", "weight"),
-        ("out_norm", "bias"): fetch("out_norm", "bias"),
-        ("text_proj", "kernel"): t(fetch("text_proj", "weight")),
-        ("text_proj", "bias"): fetch("text_proj", "bias"),
-    }
-    if c.is_melody:
-        flat[("chroma_proj", "kernel")] = t(fetch("chroma_proj", "weight"))
-        flat[("chroma_proj", "bias")] = fetch("chroma_proj", "bias")
-
-    def layers(part, convert=lambda x: x):
-        return stack(None if (x := fetch("layer", l, part)) is None else convert(x) for l in range(c.num_layers))
-
-    def in_heads(w):  # torch [H*D, dim] -> [dim, H, D]
-        return w.T.reshape(c.dim, h, d)
-
-    def out_heads(w):  # torch [dim, H*D] -> [H, D, dim]
-        return w.T.reshape(h, d, c.dim)
-
-    blocks = [("self_attn", "sa")] + ([("cross_attn", "ca")] if c.cross_attention else [])
-    for name, p in blocks:
-        flat[("layers", name, "query", "kernel")] = layers(f"{p}_q", in_heads)
-        flat[("layers", name, "key", "kernel")] = layers(f"{p}_k", in_heads)
-        flat[("layers", name, "value", "kernel")] = layers(f"{p}_v", in_heads)
-        flat[("layers", name, "out", "kernel")] = layers(f"{p}_o", out_heads)
-        flat[("layers", f"{name}_norm", "scale")] = layers(f"{p}_norm_w")
-        flat[("layers", f"{name}_norm", "bias")] = layers(f"{p}_norm_b")
-    flat[("layers", "fc1", "kernel")] = layers("fc1", np.transpose)
-    flat[("layers", "fc2", "kernel")] = layers("fc2", np.transpose)
-    flat[("layers", "ffn_norm", "scale")] = layers("ffn_norm_w")
-    flat[("layers", "ffn_norm", "bias")] = layers("ffn_norm_b")
-    return flat
-
-
-def _with_top_level(config: LMConfig, reader: _Reader, templates: Mapping[str, str], fetch_rest):
-    """A `fetch` for `_assemble`: embeddings, heads and the output norm read by key templates ({} = the
-    codebook, or weight/bias), which are all that differs between layouts for them; the rest by fetch_rest."""
-    c = config
-    shapes = {"emb": (c.codebook_size + 1, c.dim), "head": (c.codebook_size, c.dim), "out_norm": (c.dim,)}
-
-    def fetch(kind, *idx):
-        if kind in shapes:
-            return reader.get(templates[kind].format(idx[0]), shapes[kind])
-        return fetch_rest(kind, *idx)
-
-    return fetch
-
-
-def _finish(config: LMConfig, flat, state: StateDict, reader: _Reader, what: str) -> Any:
-    from musicgen_jax.modules.lm import abstract_lm_params
-
-    abstract = abstract_lm_params(config)
-    try:
-        params = finish(abstract, flat, state, what)
-    except CheckpointError as e:
-        if not reader.bad_shapes:
-            raise
-        raise CheckpointError(f"{e}\n  wrong shapes ({len(reader.bad_shapes)}): "
-                              + "; ".join(reader.bad_shapes)) from None
-    if reader.bad_shapes:
-        raise CheckpointError(f"{what} checkpoint does not match the model:\n  wrong shapes "
-                              f"({len(reader.bad_shapes)}): " + "; ".join(reader.bad_shapes))
-    return params
+    return traverse_util.unflatten_dict(L.read(layout, state, lm_param_specs(config), config))
 
 
 def lm_params_from_transformers(state: Mapping[str, np.ndarray], config: LMConfig) -> Any:
     """transformers state dict (whole MusicGen or bare decoder) -> LM params (numpy tree)."""
-    c = config
-    if any(k.startswith("decoder.model.decoder.") for k in state):
-        dec, heads = "decoder.model.decoder.", "decoder.lm_heads."
-    else:
-        dec, heads = "model.decoder.", "lm_heads."
-    state = {k: v for k, v in state.items() if not k.startswith(("text_encoder.", "audio_encoder."))}
-    sd = StateDict(state, ignore=("embed_positions.weights",))
-    r = _Reader(sd)
-    dim, ffn = c.dim, c.ffn_dim
-
-    def proj(prefix: str, in_dim: int) -> dict[str, np.ndarray | None]:
-        # transformers omits the projection when the widths already agree: it is the identity then
-        if f"{prefix}.weight" not in state and in_dim == dim:
-            return {"weight": np.eye(dim, dtype=np.float32), "bias": np.zeros(dim, np.float32)}
-        return {"weight": r.get(f"{prefix}.weight", (dim, in_dim)), "bias": r.get(f"{prefix}.bias", (dim,))}
-
-    text_proj = proj("enc_to_dec_proj", c.condition_dim)
-    chroma_proj = proj("audio_enc_to_dec_proj", c.chroma_bins) if c.is_melody else {}
-    layer_keys = {
-        "sa_q": ("self_attn.q_proj.weight", (dim, dim)), "sa_k": ("self_attn.k_proj.weight", (dim, dim)),
-        "sa_v": ("self_attn.v_proj.weight", (dim, dim)), "sa_o": ("self_attn.out_proj.weight", (dim, dim)),
-        "sa_norm_w": ("self_attn_layer_norm.weight", (dim,)), "sa_norm_b": ("self_attn_layer_norm.bias", (dim,)),
-        "ca_q": ("encoder_attn.q_proj.weight", (dim, dim)), "ca_k": ("encoder_attn.k_proj.weight", (dim, dim)),
-        "ca_v": ("encoder_attn.v_proj.weight", (dim, dim)), "ca_o": ("encoder_attn.out_proj.weight", (dim, dim)),
-        "ca_norm_w": ("encoder_attn_layer_norm.weight", (dim,)),
-        "ca_norm_b": ("encoder_attn_layer_norm.bias", (dim,)),
-        "fc1": ("fc1.weight", (ffn, dim)), "fc2": ("fc2.weight", (dim, ffn)),
-        "ffn_norm_w": ("final_layer_norm.weight", (dim,)), "ffn_norm_b": ("final_layer_norm.bias", (dim,)),
-    }
-
-    def fetch(kind, *idx):
-        if kind == "text_proj":
-            return text_proj[idx[0]]
-        if kind == "chroma_proj":
-            return chroma_proj[idx[0]]
-        layer, part = idx
-        key, shape = layer_keys[part]
-        return r.get(f"{dec}layers.{layer}.{key}", shape)
-
-    templates = {"emb": f"{dec}embed_tokens.{{}}.weight", "head": f"{heads}{{}}.weight",
-                 "out_norm": f"{dec}layer_norm.{{}}"}
-    flat = _assemble(c, _with_top_level(c, r, templates, fetch))
-    return _finish(c, flat, sd, r, "transformers MusicGen LM")
-
-
-_CHROMA_BUFFERS = "condition_provider.conditioners.self_wav.chroma."
+    whole = any(k.startswith("decoder.model.decoder.") for k in state)
+    return _read(TRANSFORMERS if whole else TRANSFORMERS_DECODER, state, config)
 
 
 def lm_params_from_audiocraft(state: Mapping[str, np.ndarray], config: LMConfig) -> Any:
     """audiocraft `best_state` dict -> LM params (numpy tree)."""
-    c = config
-    state = {k.replace(".mha.", "."): v for k, v in state.items() if not k.startswith(_CHROMA_BUFFERS)}
-    sd = StateDict(state)
-    r = _Reader(sd)
-    dim, ffn = c.dim, c.ffn_dim
-    packed: dict[tuple[int, str], np.ndarray | None] = {}
+    return _read(AUDIOCRAFT, state, config)
 
-    def qkv(layer: int, block: str, which: int) -> np.ndarray | None:
-        if (layer, block) not in packed:
-            packed[(layer, block)] = r.get(f"transformer.layers.{layer}.{block}.in_proj_weight", (3 * dim, dim))
-        w = packed[(layer, block)]
-        return None if w is None else w[which * dim:(which + 1) * dim]
 
-    simple = {
-        "sa_o": ("self_attn.out_proj.weight", (dim, dim)), "ca_o": ("cross_attention.out_proj.weight", (dim, dim)),
-        "sa_norm_w": ("norm1.weight", (dim,)), "sa_norm_b": ("norm1.bias", (dim,)),
-        "ca_norm_w": ("norm_cross.weight", (dim,)), "ca_norm_b": ("norm_cross.bias", (dim,)),
-        "fc1": ("linear1.weight", (ffn, dim)), "fc2": ("linear2.weight", (dim, ffn)),
-        "ffn_norm_w": ("norm2.weight", (dim,)), "ffn_norm_b": ("norm2.bias", (dim,)),
-    }
-    conds = "condition_provider.conditioners."
+def lm_state_dict(params: Any, config: LMConfig, layout: str = "transformers") -> dict[str, np.ndarray]:
+    """Our (scanned) LM params -> LM tensors of a checkpoint layout ("transformers": the keys of a
+    `MusicgenForConditionalGeneration`'s decoder and projections; "audiocraft": of a `best_state`),
+    float32 in torch orientation. Inverse of `lm_params_from_*`."""
+    import jax
+    from flax import traverse_util
 
-    def fetch(kind, *idx):
-        if kind == "text_proj":
-            shape = (dim, c.condition_dim) if idx[0] == "weight" else (dim,)
-            return r.get(f"{conds}description.output_proj.{idx[0]}", shape)
-        if kind == "chroma_proj":
-            shape = (dim, c.chroma_bins) if idx[0] == "weight" else (dim,)
-            return r.get(f"{conds}self_wav.output_proj.{idx[0]}", shape)
-        layer, part = idx
-        if part[3:] in ("q", "k", "v"):
-            block = "self_attn" if part.startswith("sa") else "cross_attention"
-            return qkv(layer, block, "qkv".index(part[3]))
-        key, shape = simple[part]
-        return r.get(f"transformer.layers.{layer}.{key}", shape)
-
-    templates = {"emb": "emb.{}.weight", "head": "linears.{}.weight", "out_norm": "out_norm.{}"}
-    flat = _assemble(c, _with_top_level(c, r, templates, fetch))
-    return _finish(c, flat, sd, r, "audiocraft MusicGen LM")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown checkpoint layout {layout!r} (one of {sorted(LAYOUTS)})")
+    flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, jax.device_get(params)))
+    return L.write(LAYOUTS[layout], flat, lm_param_specs(config), config)
 
 
 # ---------------------------------------------------------------------------------------------------

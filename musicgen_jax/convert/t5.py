@@ -23,13 +23,12 @@ import numpy as np
 
 from musicgen_jax import hub
 from musicgen_jax.config import T5Config
-from musicgen_jax.convert.common import (CheckpointError, StateDict, abstract_params, finish,
-                                         has_transformers_weights, linear, load_transformers_weights)
+from musicgen_jax.convert.common import (CheckpointError, StateDict, abstract_params, finish, linear,
+                                         load_transformers_weights)
 from musicgen_jax.modules.t5 import T5Encoder, init_t5
 
 _SKIPPED_PREFIXES = ("decoder.", "lm_head.")
 _FEED_FORWARD = ("relu", "gated-gelu")
-_HUB_PATTERNS = ["*.json", "*.safetensors", "spiece.model"]
 
 
 def t5_config_from_hf(cfg: Mapping[str, Any]) -> T5Config:
@@ -171,13 +170,9 @@ def _read_config(directory: str) -> dict:
 
 
 def _resolve(name_or_path: str) -> str:
-    """Local dir of a checkpoint; from the hub: config, safetensors weights and the tokenizer model
-    (torch pickles where the repo has no safetensors). A cached snapshot without weights (one fetched
-    for the tokenizer alone) does not count as cached."""
-    directory = hub.resolve(name_or_path, allow_patterns=_HUB_PATTERNS, complete=has_transformers_weights)
-    if has_transformers_weights(directory) or os.path.isdir(os.path.expanduser(os.fspath(name_or_path))):
-        return directory
-    return hub.resolve(name_or_path, allow_patterns=["pytorch_model*.bin*"], complete=has_transformers_weights)
+    """Local dir of a checkpoint; from the hub only config, tokenizer and one weights format
+    (safetensors, else torch pickles): see `hub.resolve_t5`."""
+    return hub.resolve_t5(name_or_path)
 
 
 def load_t5(name_or_path: str) -> tuple[T5Config, dict]:

@@ -29,12 +29,24 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from musicgen_jax.config import LMConfig
+from musicgen_jax.sharding import constrain
 from musicgen_jax.modules.attention import Attention, CrossKV, KVCache
 from musicgen_jax.modules.layers import Dense, LayerNorm, gelu_exact, param_with_axes, sinusoidal_embedding
 
 Array = jax.Array
+
+# Logical axes of the decode state and activations (mapped to mesh axes by sharding.LOGICAL_RULES)
+KV_AXES = ("cache_batch", "cache_heads", "cache_sequence", "cache_kv")  # cache / cross K/V [B, H, L, D]
+HIDDEN_AXES = P("activation_batch", "activation_length", "activation_embed")  # [B, T, dim]
+LOGITS_AXES = P("activation_batch", "codebooks", "activation_length", "activation_vocab")  # [B, K, T, card]
+
+
+def _per_layer(spec: P, stacked: bool, num_layers: int):
+    """The spec of a per-layer array in either layout: one stacked array, or a tuple of L arrays."""
+    return P("layers", *spec) if stacked else (spec,) * num_layers
 
 
 @flax.struct.dataclass
@@ -61,6 +73,13 @@ class LMCache:
         v = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
         return cls(k, v, jnp.zeros((), jnp.int32))
 
+    def logical_axes(self) -> "LMCache":
+        """This structure with a logical PartitionSpec in place of every array (see sharding.py)."""
+        stacked = not isinstance(self.k, tuple)
+        layers = self.k.shape[0] if stacked else len(self.k)
+        kv = _per_layer(P(*KV_AXES), stacked, layers)
+        return LMCache(kv, kv, P())
+
 
 @flax.struct.dataclass
 class Conditions:
@@ -77,6 +96,24 @@ class Conditions:
 
     def without_prefix(self) -> "Conditions":
         return self.replace(prefix=None)
+
+    def logical_axes(self) -> "Conditions":
+        """This structure with a logical PartitionSpec in place of every array (see sharding.py)."""
+        cross = None
+        if self.cross_kv is not None:
+            stacked = not isinstance(self.cross_kv.k, tuple)
+            layers = self.cross_kv.k.shape[0] if stacked else len(self.cross_kv.k)
+            kv = _per_layer(P(*KV_AXES), stacked, layers)
+            mask = None if self.cross_kv.mask is None else \
+                _per_layer(P("cache_batch", "cache_sequence"), stacked, layers)
+            cross = CrossKV(kv, kv, mask)
+        return Conditions(cross, None if self.prefix is None else HIDDEN_AXES)
+
+    @property
+    def batch_size(self) -> int:
+        if self.prefix is not None:
+            return self.prefix.shape[0]
+        return jax.tree.leaves(self.cross_kv.k)[0].shape[-4]  # [(L,) B, H, S, D]
 
 
 class DecoderLayer(nn.Module):
@@ -134,6 +171,7 @@ class MusicGenLM(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False  # rematerialise each layer in the backward pass (training)
     scan_layers: bool = True
+    mesh: Any = None  # a jax Mesh: hidden states and logits are constrained by their logical axes
 
     def setup(self):
         c = self.config
@@ -178,6 +216,7 @@ class MusicGenLM(nn.Module):
             layer_cross = None if cross_kv is None else CrossKV(
                 cross_kv.k[i], cross_kv.v[i], None if cross_kv.mask is None else cross_kv.mask[i])
             x, out_kv = layer(x, layer_kv, layer_cross, memory, offset)
+            x = constrain(x, HIDDEN_AXES, self.mesh)
             if out_kv is not None:
                 new_k.append(out_kv[0])
                 new_v.append(out_kv[1])
@@ -268,16 +307,18 @@ class MusicGenLM(nn.Module):
         offset = jnp.zeros((), jnp.int32) if cache is None else cache.index
         positions = offset + jnp.arange(x.shape[1], dtype=jnp.int32)
         x = x + sinusoidal_embedding(positions, c.dim).astype(self.dtype)[None]
+        x = constrain(x, HIDDEN_AXES, self.mesh)
 
         kv = None if cache is None else (cache.k, cache.v)
         x, new_kv = self._run_layers(x, kv, cross_kv, memory, offset)
-        x = self.out_norm(x)[:, num_prefix:]
+        x = constrain(self.out_norm(x)[:, num_prefix:], HIDDEN_AXES, self.mesh)
         heads = jnp.asarray(self.heads).astype(self.dtype)  # [dim, K, card]
         batch, steps, dim = x.shape
         # one 2-D GEMM: as a 3-D einsum XLA's CPU backend copied (transposed) the 32 MB head every step
         logits = jnp.dot(x.astype(self.dtype).reshape(batch * steps, dim), heads.reshape(dim, -1),
                          preferred_element_type=jnp.float32)  # [B*T, K*card]
         logits = logits.reshape(batch, steps, *heads.shape[1:]).transpose(0, 2, 1, 3)  # [B, K, T, card]
+        logits = constrain(logits, LOGITS_AXES, self.mesh)
         if cache is not None:
             cache = LMCache(new_kv[0], new_kv[1], offset + num_prefix + codes.shape[-1])
         return logits, cache

@@ -3,117 +3,30 @@ and so does transformers' `MusicgenForConditionalGeneration`).
 
     export_transformers(out_dir, config, lm_params, t5_params, base="facebook/musicgen-small")
 
-The LM tensors are written under transformers' names (the inverse of `convert/lm.py`); the text
-encoder, the codec, the tokenizer files and the rest of config.json come from a `base` checkpoint in
-the transformers layout that shares them (every official MusicGen uses t5-base and encodec_32khz; a
+The LM tensors are written by `convert.lm.lm_state_dict` from the same key table that reads
+transformers checkpoints; the text encoder, the codec, the tokenizer files and the rest of config.json
+come from a `base` checkpoint in the transformers layout that shares them (every official MusicGen uses t5-base and encodec_32khz; a
 fine-tuning run's own starting checkpoint is the natural base). The base's text encoder must be the one
 the run trained with: this is checked.
 
-Our kernels are oriented by their logical axis names, so the inverse does not hard-code our layout:
-each transformers tensor is described by the parameter it comes from, the index taken along the
-stacked axes (`layers`, `codebooks`) and its torch axis order, as groups of our axis names that are
-flattened together (q_proj [H*D, dim] = (("heads", "kv"), ("embed",))).
+config.json also records the training window as a top-level "segment_duration" (seconds,
+`MusicGenConfig.max_duration`).
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import numpy as np
-from flax import traverse_util
 
 from musicgen_jax.config import LMConfig, MusicGenConfig
+from musicgen_jax.convert.lm import lm_state_dict
 
-_DEC = "decoder.model.decoder."
 _COPIED_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "generation_config.json", "preprocessor_config.json")
-
-# (torch name suffix, our path, torch axis groups)
-_LAYER_TENSORS = [
-    ("self_attn.{p}_proj.weight", ("self_attn", "{n}", "kernel"), (("heads", "kv"), ("embed",))),
-    ("self_attn.out_proj.weight", ("self_attn", "out", "kernel"), (("embed",), ("heads", "kv"))),
-    ("self_attn_layer_norm.weight", ("self_attn_norm", "scale"), (("embed",),)),
-    ("self_attn_layer_norm.bias", ("self_attn_norm", "bias"), (("embed",),)),
-    ("fc1.weight", ("fc1", "kernel"), (("mlp",), ("embed",))),
-    ("fc2.weight", ("fc2", "kernel"), (("embed",), ("mlp",))),
-    ("final_layer_norm.weight", ("ffn_norm", "scale"), (("embed",),)),
-    ("final_layer_norm.bias", ("ffn_norm", "bias"), (("embed",),)),
-]
-_CROSS_TENSORS = [
-    ("encoder_attn.{p}_proj.weight", ("cross_attn", "{n}", "kernel"), (("heads", "kv"), ("embed",))),
-    ("encoder_attn.out_proj.weight", ("cross_attn", "out", "kernel"), (("embed",), ("heads", "kv"))),
-    ("encoder_attn_layer_norm.weight", ("cross_attn_norm", "scale"), (("embed",),)),
-    ("encoder_attn_layer_norm.bias", ("cross_attn_norm", "bias"), (("embed",),)),
-]
-_QKV = (("q", "query"), ("k", "key"), ("v", "value"))
-
-
-def lm_logical_axes(config: LMConfig) -> dict[tuple[str, ...], tuple[str | None, ...]]:
-    """{param path: logical axis names} of the (scanned) training LM."""
-    import flax.linen as nn
-
-    from musicgen_jax.modules.lm import init_lm
-
-    specs = nn.get_partition_spec(jax.eval_shape(lambda: init_lm(config, jax.random.PRNGKey(0))))["params"]
-    flat = traverse_util.flatten_dict(specs, is_leaf=lambda _, x: isinstance(x, jax.sharding.PartitionSpec))
-    return {k: tuple(v) for k, v in flat.items()}
-
-
-def to_torch_layout(value: np.ndarray, names: tuple[str | None, ...], select: dict[str, int],
-                    groups: tuple[tuple[str, ...], ...]) -> np.ndarray:
-    """Take `select` along named axes, then order (and merge) the rest as `groups` says.
-    An unnamed axis is called "in" (e.g. the text projection's input)."""
-    names = tuple(n or "in" for n in names)
-    if len(set(names)) != len(names):
-        raise ValueError(f"ambiguous axis names {names}")
-    value = value[tuple(select.get(n, slice(None)) for n in names)]
-    rest = [n for n in names if n not in select]
-    order = [n for group in groups for n in group]
-    if sorted(order) != sorted(rest):
-        raise ValueError(f"axes {rest} cannot be laid out as {groups}")
-    value = np.transpose(value, [rest.index(n) for n in order])
-    sizes, i = [], 0
-    for group in groups:
-        sizes.append(int(np.prod(value.shape[i:i + len(group)])))
-        i += len(group)
-    return np.ascontiguousarray(value.reshape(sizes), np.float32)
-
-
-def _tensor_specs(c: LMConfig) -> Iterator[tuple[str, tuple[str, ...], dict[str, int], tuple]]:
-    """(transformers key, our path, selection, torch axis groups) of every LM tensor."""
-    for q in range(c.num_codebooks):
-        yield f"{_DEC}embed_tokens.{q}.weight", ("embeddings",), {"codebooks": q}, (("vocab",), ("embed",))
-        yield f"decoder.lm_heads.{q}.weight", ("heads",), {"codebooks": q}, (("vocab",), ("embed",))
-    yield f"{_DEC}layer_norm.weight", ("out_norm", "scale"), {}, (("embed",),)
-    yield f"{_DEC}layer_norm.bias", ("out_norm", "bias"), {}, (("embed",),)
-    projections = [("enc_to_dec_proj", "text_proj")]
-    if c.is_melody:
-        projections.append(("audio_enc_to_dec_proj", "chroma_proj"))
-    for torch_name, ours in projections:
-        yield f"{torch_name}.weight", (ours, "kernel"), {}, (("embed",), ("in",))
-        yield f"{torch_name}.bias", (ours, "bias"), {}, (("embed",),)
-    table = _LAYER_TENSORS + (_CROSS_TENSORS if c.cross_attention else [])
-    for layer in range(c.num_layers):
-        for key, path, groups in table:
-            for p, n in (_QKV if "{p}" in key else (("", ""),)):
-                yield (f"{_DEC}layers.{layer}.{key.format(p=p)}", ("layers",) + tuple(x.format(n=n) for x in path),
-                       {"layers": layer}, groups)
-
-
-def lm_state_dict(params: Any, config: LMConfig) -> dict[str, np.ndarray]:
-    """Our (scanned) LM params -> transformers `MusicgenForConditionalGeneration` LM tensors."""
-    if config.condition_dim == config.dim and config.cross_attention:
-        raise ValueError("transformers' MusicGen has no text projection when the text width equals the LM width "
-                         f"({config.dim}); this LM cannot be exported to that layout")
-    flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, jax.device_get(params)))
-    axes = lm_logical_axes(config)
-    out = {}
-    for key, path, select, groups in _tensor_specs(config):
-        out[key] = to_torch_layout(flat[path], axes[path], select, groups)
-    return out
 
 
 def _decoder_config(base: dict[str, Any], c: LMConfig, channels: int) -> dict[str, Any]:
@@ -163,6 +76,7 @@ def export_transformers(out_dir: str, config: MusicGenConfig, lm_params: Any, t5
     _check_text_encoder(state, config, t5_params, base_dir)
     state.update(lm_state_dict(lm_params, config.lm))
     raw["decoder"] = _decoder_config(raw.get("decoder", {}), config.lm, config.audio_channels)
+    raw["segment_duration"] = float(config.max_duration)  # the training window, read back by the loader
     os.makedirs(out_dir, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, os.path.join(out_dir, "model.safetensors"),
               metadata={"format": "pt"})

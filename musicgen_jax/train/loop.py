@@ -9,6 +9,8 @@ SIGTERM saves a checkpoint at the next step boundary and returns.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import time
@@ -16,9 +18,9 @@ from typing import Any
 
 import jax
 
+from musicgen_jax import sharding as S
 from musicgen_jax.train import distributed
 from musicgen_jax.train import metrics as M
-from musicgen_jax import sharding as S
 from musicgen_jax.train import trainer as T
 from musicgen_jax.train.checkpoint import Checkpointer, PreemptionGuard
 from musicgen_jax.train.config import TrainConfig, to_dict
@@ -44,6 +46,9 @@ class Trainer:
                               crop_seconds=cfg.data.segment_seconds, seed=cfg.data.seed,
                               process_index=jax.process_index(), process_count=jax.process_count(),
                               prefetch=cfg.data.prefetch)
+        # the training segment is the model's generation window (audiocraft's max_duration); export records it
+        window = self.data.frames / self.data.info.frame_rate
+        self.model = dataclasses.replace(self.model, config=dataclasses.replace(self.model.config, max_duration=window))
         self.checkpointer = None
         if cfg.checkpoint.dir:
             self.checkpointer = Checkpointer(cfg.checkpoint.dir, keep=cfg.checkpoint.keep,
@@ -83,7 +88,8 @@ class Trainer:
         step = self.step
         if self.checkpointer is None or step == self._saved_step:
             return False
-        meta = {"data": self.data.get_state(), "config": to_dict(self.cfg), "time": time.time()}
+        meta = {"data": self.data.get_state(), "config": to_dict(self.cfg), "time": time.time(),
+                "max_duration": self.model.config.max_duration}
         saved = self.checkpointer.save(step, self.state, meta, force=force)
         if saved:
             self._saved_step = step

@@ -3,13 +3,12 @@ tokenizer, and (when fine-tuning) the pretrained LM weights as host arrays.
 
 Scratch runs take a preset (`musicgen-small`, ..., or `tiny` for tests), optionally resized through
 `lm_overrides`, with a pretrained T5 (`t5-base`) or a random one (tests). Fine-tuning reads a MusicGen
-checkpoint in either layout through `MusicGen.from_pretrained`, placed on the host CPU so that no
-accelerator ever holds an unsharded copy.
+checkpoint in either layout through `convert.checkpoint.load_checkpoint` (the loader inference uses
+too) as host numpy arrays, so that no accelerator ever holds an unsharded copy.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -59,34 +58,13 @@ def preset_config(name: str, lm_overrides: dict[str, Any] | None = None) -> Musi
     return cfg
 
 
-def _host_device():
-    return jax.local_devices(backend="cpu")[0]
-
-
-def _to_numpy(tree: Any) -> Any:
-    return jax.tree.map(np.asarray, jax.device_get(tree))
-
-
 def _load_pretrained(name: str):
-    """A MusicGen checkpoint -> (config, LM params, T5 params, tokenizer, its local directory)."""
-    from musicgen_jax import hub
-    from musicgen_jax.musicgen import MusicGen
+    """A MusicGen checkpoint -> (config, LM params, T5 params, tokenizer, its local directory), host arrays
+    in the training (scanned) layout."""
+    from musicgen_jax.convert.checkpoint import load_checkpoint
 
-    if "/" not in name and not os.path.exists(os.path.expanduser(name)):
-        name = "facebook/" + mconfig.preset(name).name  # 'small' -> facebook/musicgen-small, as MusicGen does
-    with jax.default_device(_host_device()):
-        mg = MusicGen.from_pretrained(name)
-        lm_params = training_layout(mg.lm_params, mg.config.lm.num_layers)
-    source = hub.resolve(name)
-    return mg.config, _to_numpy(lm_params), _to_numpy(mg.t5_params), mg.tokenizer, source
-
-
-def training_layout(lm_params: Any, num_layers: int) -> Any:
-    """LM params in the scanned layout (layers stacked on a leading axis) that training uses; the
-    inference layout of `MusicGen` (`layers_0`, `layers_1`, ...) is converted."""
-    from musicgen_jax.modules.lm import stack_layers
-
-    return stack_layers(lm_params, num_layers) if "layers_0" in lm_params else lm_params
+    ckpt = load_checkpoint(name)
+    return ckpt.config, ckpt.lm_params, ckpt.t5_params, ckpt.tokenizer, ckpt.directory
 
 
 def random_t5_params(t5_cfg, seed: int) -> Any:

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from musicgen_jax import sharding as S
 from musicgen_jax.modules.t5 import init_t5
 from musicgen_jax.train import loss as L
-from musicgen_jax import sharding as S
 from musicgen_jax.train.config import OptimSection
 from musicgen_jax.train.model import TrainModel
 
