@@ -49,6 +49,7 @@ import numpy as np
 
 SAMPLE_RATE = 32000  # rate the chroma is computed at (the model's)
 N_FFT = 2 ** 14  # audiocraft radix2_exp=14: n_fft = win_length = 16384
+HOP_LENGTH = N_FFT // 4  # chroma frames advance by 4096 samples
 N_CHROMA = 12
 NORM_EPS = 1e-6  # torch.nn.functional.normalize eps
 MAX_SAMPLE_RATE = 1_000_000
@@ -417,7 +418,7 @@ def melody_window(wav: np.ndarray, start: int, length: int, wav_length: int | No
 
 
 __all__ = [
-    "SAMPLE_RATE", "N_FFT", "N_CHROMA", "check_sample_rate", "chroma_frames", "chroma_length",
+    "SAMPLE_RATE", "N_FFT", "HOP_LENGTH", "N_CHROMA", "check_sample_rate", "chroma_frames", "chroma_length",
     "chroma_filterbank", "resample_melody", "normalize_chroma", "extract_chroma", "fit_chroma_length",
     "null_chroma", "melody_window",
 ]

@@ -36,7 +36,7 @@ class CompressionModel:
 
         config, params = load_encodec(name_or_path)
         if audio_channels is None and not os.path.isfile(os.path.expanduser(str(name_or_path))):
-            hf_config = os.path.join(hub.resolve(name_or_path), "config.json")
+            hf_config = os.path.join(hub.resolve_encodec(name_or_path)[0], "config.json")
             if os.path.isfile(hf_config):
                 with open(hf_config) as f:
                     audio_channels = json.load(f).get("decoder", {}).get("audio_channels")

@@ -86,7 +86,7 @@ class LMConfig:
     cross_attention: bool = True  # text via cross-attention; melody models prepend instead
     condition_dim: int = 768  # width of the text encoder output before projection
     chroma_bins: int = 0  # 12 for melody models (prepended chroma), 0 otherwise
-    chroma_frames: int = 235  # chroma frames for a 30 s window
+    chroma_frames: int = 235  # chroma frames of the window: chroma.chroma_length(30 s) for the official models
     layer_norm_eps: float = 1e-5
     delays: tuple[int, ...] = (0, 1, 2, 3)
 
@@ -217,7 +217,6 @@ def tiny(*, melody: bool = False, stereo: bool = False) -> MusicGenConfig:
         condition_dim=32,
         cross_attention=not melody,
         chroma_bins=12 if melody else 0,
-        chroma_frames=235,
         delays=tuple(i // channels for i in range(k)),
     )
     t5 = T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)

@@ -25,6 +25,13 @@ def hf_state_numpy(model) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
 
 
+def to_audiocraft_state(model, *, melody: bool = False, mha_names: bool = False) -> dict:
+    """testing.audiocraft_lm_state (melody is read from the model; the argument must agree)."""
+    if melody != (model.config.model_type == "musicgen_melody"):
+        raise ValueError(f"melody={melody} but the model is a {model.config.model_type}")
+    return testing.audiocraft_lm_state(model, mha_names=mha_names)
+
+
 def audiocraft_xp_cfg(config: LMConfig, *, melody: bool = False) -> str:
     """testing.audiocraft_xp_cfg with the sizes of an LMConfig (a preset's, say)."""
     channels = 2 if len(set(config.delays)) < config.num_codebooks else 1

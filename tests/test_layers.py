@@ -113,9 +113,10 @@ class _TrainImports(ast.NodeVisitor):
             parts = self.package.split(".")
             parts = parts[: len(parts) - (node.level - 1)]
             base = ".".join(parts + ([node.module] if node.module else []))
-        self._add(node, base)
-        for alias in node.names:  # from musicgen_jax import train
-            self._add(node, f"{base}.{alias.name}")
+        for name in [base] + [f"{base}.{alias.name}" for alias in node.names]:  # from musicgen_jax import train
+            if name == TRAIN or name.startswith(TRAIN + "."):
+                self._add(node, name)
+                break
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func

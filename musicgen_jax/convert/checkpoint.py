@@ -45,7 +45,7 @@ class Checkpoint:
 def load_checkpoint(name_or_path: str) -> Checkpoint:
     """A MusicGen checkpoint (hub name, preset name such as 'small', or local directory) in either layout."""
     directory, layout = hub.resolve_musicgen(official_repo(name_or_path))
-    load = _load_audiocraft if layout == "audiocraft" else _load_transformers
+    load = _load_audiocraft if layout == hub.AUDIOCRAFT else _load_transformers
     return load(directory)
 
 
@@ -83,7 +83,7 @@ def _load_transformers(directory: str) -> Checkpoint:
         codec_params=encodec_params_from_state_dict(sub_state(state, "audio_encoder."), config.encodec),
         tokenizer=T5Tokenizer.from_pretrained(directory),
         generation=default_generation(config.max_duration, **_hf_generation_changes(directory)),
-        directory=directory, layout="transformers")
+        directory=directory, layout=hub.TRANSFORMERS)
 
 
 def _load_audiocraft(directory: str) -> Checkpoint:
@@ -103,7 +103,7 @@ def _load_audiocraft(directory: str) -> Checkpoint:
     changes = {} if guidance.get("inference_coef") is None else {"cfg_coef": float(guidance["inference_coef"])}
     return Checkpoint(config=config, lm_params=lm_params, t5_params=t5_params, codec_params=codec_params,
                       tokenizer=T5Tokenizer.from_pretrained(t5_name),
-                      generation=default_generation(window, **changes), directory=directory, layout="audiocraft")
+                      generation=default_generation(window, **changes), directory=directory, layout=hub.AUDIOCRAFT)
 
 
 def _hf_generation_changes(directory: str) -> dict[str, Any]:

@@ -64,18 +64,19 @@ def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
     return tensors_to_numpy(load_torch_pickle(path))
 
 
-_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# (index, single file) per format, safetensors first: some repos hold a torch index beside safetensors
+_WEIGHT_FORMATS = (("model.safetensors.index.json", "model.safetensors"),
+                   ("pytorch_model.bin.index.json", "pytorch_model.bin"))
 
 
 def has_transformers_weights(directory: str) -> bool:
     """Whether a directory holds transformers weights (a single file or a sharded index)."""
-    return any(os.path.isfile(os.path.join(directory, n)) for n in _WEIGHT_INDEXES + _WEIGHT_FILES)
+    return any(os.path.isfile(os.path.join(directory, n)) for pair in _WEIGHT_FORMATS for n in pair)
 
 
 def load_transformers_weights(directory: str) -> dict[str, np.ndarray]:
     """Weights of a transformers checkpoint directory, sharded or not, safetensors preferred."""
-    for index_name in _WEIGHT_INDEXES:
+    for index_name, single_name in _WEIGHT_FORMATS:
         index = os.path.join(directory, index_name)
         if os.path.isfile(index):
             with open(index) as f:
@@ -84,10 +85,8 @@ def load_transformers_weights(directory: str) -> dict[str, np.ndarray]:
             for name in files:
                 state.update(load_state_dict_file(os.path.join(directory, name)))
             return state
-    for name in _WEIGHT_FILES:
-        path = os.path.join(directory, name)
-        if os.path.isfile(path):
-            return load_state_dict_file(path)
+        if os.path.isfile(os.path.join(directory, single_name)):
+            return load_state_dict_file(os.path.join(directory, single_name))
     raise FileNotFoundError(
         f"no weights in {directory}: expected model.safetensors, pytorch_model.bin or a sharded index"
     )

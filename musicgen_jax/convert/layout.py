@@ -45,16 +45,16 @@ class Omission:
 
 @dataclass(frozen=True)
 class Entry:
+    """One row of a table: a checkpoint tensor and the parameter(s) it holds."""
+
     key: str  # template; {layers} / {codebooks}: the index along that stacked axis
-    params: tuple[str, ...]  # "a/b/c" paths; several = packed along the tensor's first axis
+    params: str | tuple[str, ...]  # "a/b/c" path(s); several = packed along the tensor's first axis
     groups: Groups  # torch axis order, as groups of our logical axis names
     omitted: Omission | None = None
 
-    def __init__(self, key: str, params: str | tuple[str, ...], groups: Groups, omitted: Omission | None = None):
-        object.__setattr__(self, "key", key)
-        object.__setattr__(self, "params", (params,) if isinstance(params, str) else tuple(params))
-        object.__setattr__(self, "groups", groups)
-        object.__setattr__(self, "omitted", omitted)
+    def __post_init__(self):
+        if isinstance(self.params, str):
+            object.__setattr__(self, "params", (self.params,))
 
     @property
     def paths(self) -> tuple[Path, ...]:

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from musicgen_jax import chroma
 from musicgen_jax.config import LMConfig
 from musicgen_jax.tokenizer import T5Tokenizer
 from musicgen_jax.train.records import DatasetInfo, decode_record, read_index, shard_paths
 
-CHROMA_HOP = 4096  # chroma frames advance by this many samples (REFERENCE.md, melody models)
 
 
 def check_dataset(info: DatasetInfo, lm: LMConfig, directory: str) -> None:
@@ -46,7 +46,7 @@ class Crop:
 
     def __init__(self, frames: int | None, frame_rate: float, sample_rate: int):
         self.frames = frames
-        self.chroma_per_frame = sample_rate / CHROMA_HOP / frame_rate
+        self.chroma_per_frame = sample_rate / chroma.HOP_LENGTH / frame_rate
 
     def __call__(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         codes, valid = record["codes"], int(record["frames"])
@@ -84,9 +84,8 @@ class Featurize:
         out = {"codes": np.asarray(record["codes"], np.int32), "frames": np.int32(record["frames"]),
                "text_ids": ids, "text_mask": mask}
         if self.chroma_frames:
-            chroma = np.asarray(record["chroma"], np.int32)
-            reps = -(-self.chroma_frames // max(len(chroma), 1))
-            out["chroma"] = np.tile(chroma, reps)[: self.chroma_frames] if len(chroma) else \
+            bins = np.asarray(record["chroma"], np.int32)  # [F] dominant bin per chroma frame
+            out["chroma"] = chroma.fit_chroma_length(bins[:, None], self.chroma_frames)[:, 0] if len(bins) else \
                 np.zeros((self.chroma_frames,), np.int32)
         return out
 
