@@ -89,10 +89,14 @@ def test_cli_prepare_and_export_checkpoint(base, tmp_path):
     model = build_model(cfg.model)
     state, _ = T.create_state(model, cfg.optim, cfg.steps, single_device_mesh())
     ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
-    ckpt.save(3, state, {"config": to_dict(cfg), "data": {}}, force=True)
+    ckpt.save(3, state, {"config": to_dict(cfg), "data": {}, "max_duration": 0.1}, force=True)
     ckpt.close()
     assert cli.main(["export", str(tmp_path / "ckpt"), str(tmp_path / "export")]) == 0
     from musicgen_jax.convert.lm import load_transformers_lm
 
     _, exported = load_transformers_lm(str(tmp_path / "export"))
     jax.tree.map(np.testing.assert_array_equal, exported, jax.tree.map(np.asarray, state.ema))
+    # the run's training segment is the exported model's generation window
+    from musicgen_jax.convert.checkpoint import load_checkpoint
+
+    assert load_checkpoint(str(tmp_path / "export")).config.max_duration == 0.1

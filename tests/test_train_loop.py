@@ -54,6 +54,10 @@ def test_loss_falls_below_half(full_run):
     (events,) = os.listdir(os.path.join(ckpt, "tensorboard"))
     records = read_records(os.path.join(ckpt, "tensorboard", events))  # checks the CRCs
     assert len(records) == 1 + STEPS and b"loss" in records[-1] and b"tokens_per_second" in records[-1]
+    # the training segment (24 frames at 50 Hz) is recorded as the model's window, for export
+    from musicgen_jax.train.checkpoint import Checkpointer
+
+    assert Checkpointer(ckpt, read_only=True).latest_meta()["max_duration"] == 24 / 50
 
 
 def test_resume_reproduces_the_losses_exactly(world, full_run, tmp_path):

@@ -14,6 +14,7 @@ config.json also records the training window as a top-level "segment_duration" (
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -67,7 +68,10 @@ def export_transformers(out_dir: str, config: MusicGenConfig, lm_params: Any, t5
     from musicgen_jax import hub
     from musicgen_jax.convert.common import load_transformers_weights
 
-    base_dir = hub.resolve(base)
+    base_dir, layout = hub.resolve_musicgen(base)
+    if layout != hub.TRANSFORMERS:
+        raise ValueError(f"export base {base} is an audiocraft checkpoint; give one in the transformers layout "
+                         "(its text encoder and codec are copied), e.g. facebook/musicgen-small")
     with open(os.path.join(base_dir, "config.json")) as f:
         raw = json.load(f)
     _check_base(raw, config, base_dir)
@@ -124,4 +128,7 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str, *, base: str | None = N
     restored = ckpt.restore_latest(T.abstract_state(shardings, model, cfg.optim, cfg.steps, cfg.model.seed))
     if restored is None:
         raise ValueError(f"no usable checkpoint in {checkpoint_dir}")
-    return export_state(out_dir, model, restored[0], base=base or cfg.checkpoint.export_base, use_ema=use_ema)
+    state, meta = restored
+    if meta.get("max_duration"):  # the run's training segment: the exported model's window
+        model = dataclasses.replace(model, config=dataclasses.replace(model.config, max_duration=meta["max_duration"]))
+    return export_state(out_dir, model, state, base=base or cfg.checkpoint.export_base, use_ema=use_ema)
