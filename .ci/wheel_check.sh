@@ -40,7 +40,6 @@ echo "$WHEEL"
 section "fresh virtual environment (no system site-packages), install the wheel with its dependencies"
 "$PYTHON" -m venv "$WORK/venv"
 VPY="$WORK/venv/bin/python"
-"$VPY" -m pip install --quiet --upgrade pip
 "$VPY" -m pip install --quiet "$WHEEL"
 if "$VPY" -c "import torch" 2>/dev/null; then
     echo "torch got installed into the venv: some dependency pulls it in; the package must not need it" >&2

@@ -9,6 +9,9 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from musicgen_jax.patterns import PATTERNS, Pattern, get_pattern
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,18 @@ class LMConfig:
     chroma_bins: int = 0  # 12 for melody models (prepended chroma), 0 otherwise
     chroma_frames: int = 235  # chroma frames of the window: chroma.chroma_length(30 s) for the official models
     layer_norm_eps: float = 1e-5
-    delays: tuple[int, ...] = (0, 1, 2, 3)
+    delays: tuple[int, ...] = (0, 1, 2, 3)  # the delay pattern's (and transformers') codebook delays
+    pattern: str = "delay"  # codebook interleaving, audiocraft's codebooks_pattern.modeling (patterns.PATTERNS)
+    pattern_options: tuple[tuple[str, Any], ...] = ()  # other patterns' options, e.g. (("flattening", (0, 1, 2, 3)),)
 
     def __post_init__(self):
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"unknown codebook pattern {self.pattern!r}; known: {', '.join(PATTERNS)}")
+        if isinstance(self.pattern_options, Mapping):  # from YAML / JSON: hashable pairs
+            options = {k: tuple(v) if isinstance(v, list) else v for k, v in self.pattern_options.items()}
+            object.__setattr__(self, "pattern_options", tuple(sorted(options.items())))
+        if isinstance(self.delays, list):
+            object.__setattr__(self, "delays", tuple(self.delays))
         if self.dim % self.num_heads:
             raise ValueError(f"LM dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if len(self.delays) != self.num_codebooks:
@@ -99,6 +111,11 @@ class LMConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    def codebook_pattern(self, timesteps: int) -> Pattern:
+        """The interleaving of `timesteps` frames this LM was trained with."""
+        options = {"delays": self.delays} if self.pattern == "delay" else dict(self.pattern_options)
+        return get_pattern(self.pattern, timesteps, self.num_codebooks, **options)
 
     @property
     def special_token(self) -> int:

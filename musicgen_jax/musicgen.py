@@ -60,17 +60,50 @@ class MusicGen:
         return self
 
     # ------------------------------------------------------------------ facts
-    config: MusicGenConfig = property(lambda self: self.sampler.config)
-    lm = property(lambda self: self.sampler.lm)
-    lm_params = property(lambda self: self.sampler.lm_params)
-    t5_params = property(lambda self: self.sampler.t5_params)
-    tokenizer = property(lambda self: self.sampler.tokenizer)
-    mesh = property(lambda self: self.sampler.mesh)
-    sample_rate: int = property(lambda self: self.compression_model.sample_rate)
-    frame_rate: float = property(lambda self: self.compression_model.frame_rate)
-    audio_channels: int = property(lambda self: self.config.audio_channels)
-    max_duration: float = property(lambda self: self.config.max_duration, doc="the window (training segment), s")
-    duration: float = property(lambda self: self.generation_params.duration)
+    @property
+    def config(self) -> MusicGenConfig:
+        return self.sampler.config
+
+    @property
+    def lm(self):
+        return self.sampler.lm
+
+    @property
+    def lm_params(self):
+        return self.sampler.lm_params
+
+    @property
+    def t5_params(self):
+        return self.sampler.t5_params
+
+    @property
+    def tokenizer(self):
+        return self.sampler.tokenizer
+
+    @property
+    def mesh(self):
+        return self.sampler.mesh
+
+    @property
+    def sample_rate(self) -> int:
+        return self.compression_model.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.compression_model.frame_rate
+
+    @property
+    def audio_channels(self) -> int:
+        return self.config.audio_channels
+
+    @property
+    def max_duration(self) -> float:
+        """The generation window in seconds: the checkpoint's training segment (30 s for official models)."""
+        return self.config.max_duration
+
+    @property
+    def duration(self) -> float:
+        return self.generation_params.duration
 
     # ------------------------------------------------------------------ settings
     def set_generation_params(self, duration: float | None = None, use_sampling: bool | None = None,

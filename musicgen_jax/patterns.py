@@ -12,16 +12,17 @@ Delay pattern (MusicGen): with delays d_q, the sequence has S = T + max(d) + 1 s
 step s holds frame s - 1 - d_q when 0 <= s - 1 - d_q < T, else the special token. Mono models use
 d = [0, 1, ..., K-1] (S = T + K), stereo models d = [0, 0, 1, 1, 2, 2, 3, 3] (S = T + 4).
 
-Other audiocraft patterns are provided for training experiments: parallel (all delays 0), unrolled
-(flattening), coarse-first (VALL-E style) and MusicLM-style grouped flattening.
+audiocraft's other patterns, for the paper's ablation: parallel (all delays 0), unrolled (flattening),
+coarse-first (VALL-E style) and MusicLM-style grouped flattening. `LMConfig.pattern` chooses one for
+training and generation alike (`get_pattern`, `generation_buffer`, `Pattern.revert`).
 
 Relation to transformers' `MusicgenForCausalLM.build_delay_pattern_mask`: its input ids already
 *include* the leading special step (generation starts from one column of `decoder_start_token_id` =
 the special token, prompt frames follow it), while audiocraft's (and our) `Pattern.build` takes raw
 codes and inserts the special step itself. Given
 `ids = [special | prompt frames]` (length 1 + Tp) and `max_length = T + max(d) + 1`, transformers'
-pattern mask equals `prompt_sequence(prompt, T, delays)`: prompt frames in place, the special token
-where no frame can be, -1 where a token is still to be generated.
+pattern mask equals `generation_buffer(delay_pattern(T, delays), prompt, special)`: prompt frames in
+place, the special token where no frame can be, -1 where a token is still to be generated.
 """
 from __future__ import annotations
 
@@ -79,6 +80,13 @@ class Pattern:
         q, s = np.nonzero(self.layout >= 0)
         out[q, self.layout[q, s]] = s
         return out
+
+    def frames_begun(self) -> np.ndarray:
+        """[S + 1] int: how many frames have some codebook placed at a step before s, for s = 0..S
+        (generation progress; for the delay pattern s - 1, clipped to [0, T])."""
+        step = self.step_of_frame()
+        first = np.where(step >= 0, step, self.num_steps).min(axis=0)  # [T]
+        return np.searchsorted(np.sort(first), np.arange(self.num_steps + 1), side="left")
 
     def build(self, codes: Array, special_token: int, *, valid_only: bool = False) -> Array:
         """codes [B, K, T] -> sequence [B, K, S] (S = valid_steps when valid_only).
@@ -234,48 +242,49 @@ def musiclm_pattern(timesteps: int, num_codebooks: int, group_by: int = 2) -> Pa
     return _from_coords(coords, timesteps, num_codebooks)
 
 
-def get_pattern(name: str, timesteps: int, num_codebooks: int, **kwargs) -> Pattern:
-    """By audiocraft's `codebooks_pattern.modeling` name: delay, parallel, unroll, coarse_first, music_lm."""
-    if name == "delay":
-        return delay_pattern(timesteps, kwargs.get("delays") or list(range(num_codebooks)))
-    if name == "parallel":
-        return parallel_pattern(timesteps, num_codebooks)
-    if name == "unroll":
-        return unrolled_pattern(timesteps, num_codebooks, kwargs.get("flattening"), kwargs.get("delays"))
-    if name == "coarse_first":
-        return coarse_first_pattern(timesteps, num_codebooks, kwargs.get("delays"))
-    if name == "music_lm":
-        return musiclm_pattern(timesteps, num_codebooks, kwargs.get("group_by", 2))
-    raise ValueError(f"unknown codebook pattern {name!r}")
+PATTERNS = ("delay", "parallel", "unroll", "coarse_first", "music_lm")  # audiocraft's codebooks_pattern.modeling
+
+
+def get_pattern(name: str, timesteps: int, num_codebooks: int, **options) -> Pattern:
+    """By audiocraft's `codebooks_pattern.modeling` name (PATTERNS). options: `delays` (delay, unroll,
+    coarse_first), `flattening` (unroll), `group_by` (music_lm)."""
+    builders = {
+        "delay": lambda delays=None: delay_pattern(timesteps, delays or range(num_codebooks)),
+        "parallel": lambda: parallel_pattern(timesteps, num_codebooks),
+        "unroll": lambda flattening=None, delays=None: unrolled_pattern(timesteps, num_codebooks, flattening,
+                                                                        delays),
+        "coarse_first": lambda delays=None: coarse_first_pattern(timesteps, num_codebooks, delays),
+        "music_lm": lambda group_by=2: musiclm_pattern(timesteps, num_codebooks, group_by),
+    }
+    if name not in builders:
+        raise ValueError(f"unknown codebook pattern {name!r}; known: {', '.join(PATTERNS)}")
+    try:
+        return builders[name](**options)
+    except TypeError as e:
+        raise ValueError(f"bad options for the {name!r} pattern: {options} ({e})") from None
 
 
 # ---------------------------------------------------------------------------------------------------
-# Delay-pattern helpers for training and generation (closed forms, no tables needed)
+# Generation: the buffer a decode loop fills (any pattern)
 
 
-def build_delay_sequence(codes: Array, delays: Sequence[int], special_token: int,
-                         *, valid_only: bool = False) -> Array:
-    """codes [B, K, T] -> delayed sequence [B, K, T + max(d) + 1] (T + 1 steps when valid_only)."""
-    return delay_pattern(codes.shape[-1], delays).build(codes, special_token, valid_only=valid_only)
+def generation_buffer(pattern: Pattern, prompt: Array, special_token: int) -> Array:
+    """The generation buffer [B, K, S] of a pattern built for T frames.
 
-
-def revert_delay_sequence(sequence: Array, timesteps: int, delays: Sequence[int], special_token: int) -> Array:
-    """Delayed sequence [B, K, S'] -> codes [B, K, T]; frames missing from it become special."""
-    return delay_pattern(timesteps, delays).revert(sequence, special_token)
-
-
-def prompt_sequence(prompt: Array, total_frames: int, delays: Sequence[int], special_token: int,
-                    unknown: int = UNKNOWN) -> Array:
-    """The generation buffer: [B, K, total_frames + max(d) + 1].
-
-    prompt [B, K, Tp] (Tp may be 0) frames are placed by the delay pattern, positions that hold no
-    frame are `special_token`, positions still to be generated are `unknown`. A decode step writes its
-    sampled token only where the buffer is `unknown`, so prompt tokens and specials are never
-    overwritten (audiocraft's generate loop; equal to transformers' pattern mask, see module doc).
+    prompt [B, K, Tp] (Tp may be 0) frames are placed by the pattern, positions that hold no frame are
+    `special_token`, positions still to be generated are UNKNOWN. A decode step writes its sampled token
+    only where the buffer is UNKNOWN, so prompt tokens and specials are never overwritten (audiocraft's
+    generate loop; for the delay pattern equal to transformers' pattern mask, see module doc).
     """
     prompt = jnp.asarray(prompt)
     b, k, tp = prompt.shape
-    if tp > total_frames:
-        raise ValueError(f"prompt has {tp} frames, more than the {total_frames} to generate")
-    codes = jnp.concatenate([prompt, jnp.full((b, k, total_frames - tp), unknown, prompt.dtype)], axis=-1)
-    return build_delay_sequence(codes, delays, special_token)
+    if tp > pattern.timesteps:
+        raise ValueError(f"prompt has {tp} frames, more than the {pattern.timesteps} to generate")
+    codes = jnp.concatenate([prompt, jnp.full((b, k, pattern.timesteps - tp), UNKNOWN, prompt.dtype)], axis=-1)
+    return pattern.build(codes, special_token)
+
+
+def first_generated_step(pattern: Pattern, prompt_frames: int) -> int:
+    """The first step holding a frame past the prompt: steps before it are fully known (prefill)."""
+    steps = np.nonzero((pattern.layout >= prompt_frames).any(axis=0))[0]
+    return int(steps[0]) if steps.size else pattern.num_steps

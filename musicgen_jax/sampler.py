@@ -7,7 +7,7 @@ user input and decodes audio, this module turns checked inputs into codes [B, K,
 (`GenerationParams`, a `Progress`); a `Sampler` holds only the model and its weights.
 
     descriptions --Conditioner--> Conditions ([conditional; null] rows with CFG)
-    window of F frames: prompt_sequence -> bucketed buffer [B, K, S] -> decode_jit -> revert -> [B, K, F]
+    window of F frames: the LM's codebook pattern -> bucketed buffer [B, K, S] -> decode_jit -> revert -> [B, K, F]
     long-form (duration > window): windows restart from the last (window - stride) frames
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from musicgen_jax.config import GenerationParams, MusicGenConfig
 from musicgen_jax.generate import BUFFER_AXES, DecodeSettings, decode_jit, progress_listener
 from musicgen_jax.modules.lm import Conditions, MusicGenLM, dummy_inputs
 from musicgen_jax.modules.t5 import T5Encoder, init_t5
-from musicgen_jax.patterns import prompt_sequence, revert_delay_sequence
+from musicgen_jax.patterns import first_generated_step, generation_buffer
 from musicgen_jax.tokenizer import T5Tokenizer
 
 ProgressCallback = Callable[[int, int], None]  # (frames generated, frames to generate)
@@ -57,9 +57,12 @@ class Progress:
         if self.callback is not None:
             self.callback(done, self.total)
 
-    def window_listener(self, offset: int) -> Callable[[int], None] | None:
-        """For a window starting at frame `offset`: decode step s has produced frame s - 1."""
-        return (lambda step: self.report(offset + step - 1)) if self.active else None
+    def window_listener(self, offset: int, frames_begun: np.ndarray) -> Callable[[int], None] | None:
+        """For a window starting at frame `offset`: after writing step s, frames_begun[s] of its frames
+        are under way (`Pattern.frames_begun`)."""
+        if not self.active:
+            return None
+        return lambda step: self.report(offset + int(frames_begun[min(step, len(frames_begun) - 1)]))
 
     def close(self) -> None:
         if self._done < self.total:
@@ -214,13 +217,14 @@ class Sampler:
         batch = conditions.batch_size // (2 if params.guidance.enabled else 1)
         if prompt_tokens is None:
             prompt_tokens = jnp.zeros((batch, c.num_codebooks, 0), jnp.int32)
-        buffer = prompt_sequence(prompt_tokens, frames, c.delays, c.special_token)  # [B, K, frames + max(d) + 1]
+        pattern = c.codebook_pattern(frames)
+        buffer = generation_buffer(pattern, prompt_tokens, c.special_token)  # [B, K, S]
         steps = buffer.shape[-1]
-        window_steps = int(self.config.max_duration * self.config.frame_rate) + max(c.delays) + 1
-        padded = bucket(steps, self.bucket_frames, window_steps)
+        window = int(self.config.max_duration * self.config.frame_rate)
+        padded = bucket(steps, self.bucket_frames, c.codebook_pattern(window).num_steps)
         buffer = jnp.pad(buffer, ((0, 0), (0, 0), (0, padded - steps)), constant_values=c.special_token)
-        start = prompt_tokens.shape[-1] + 1
-        listener = progress.window_listener(offset)
+        start = first_generated_step(pattern, prompt_tokens.shape[-1])
+        listener = progress.window_listener(offset, pattern.frames_begun())
         settings = DecodeSettings(
             sampling=params.sampling, guidance=params.guidance,
             prefill_length=1 if start == 1 else min(bucket(start, self.bucket_frames), padded),
@@ -230,4 +234,4 @@ class Sampler:
         with progress_listener(listener) as listener_id:
             out = decode_jit(self.lm, self.lm_params, conditions, buffer, start, steps - 1, key, settings,
                              listener_id, cache_dtype=self.lm.dtype)
-        return revert_delay_sequence(out[:, :, :steps], frames, c.delays, c.special_token)
+        return pattern.revert(out[:, :, :steps], c.special_token)

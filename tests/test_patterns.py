@@ -20,7 +20,7 @@ def _codes(rng, k, t, b=2):
 def test_delay_pattern_semantics(delays, frames):
     """Step 0 all special; codebook q at step s holds frame s - 1 - d_q, else special."""
     codes = _codes(np.random.default_rng(frames), len(delays), frames)
-    seq = np.asarray(P.build_delay_sequence(codes, delays, SPECIAL))
+    seq = np.asarray(P.delay_pattern(frames, delays).build(codes, SPECIAL))
     assert seq.shape == (2, len(delays), frames + max(delays) + 1)
     assert (seq[:, :, 0] == SPECIAL).all()
     for q, d in enumerate(delays):
@@ -29,7 +29,7 @@ def test_delay_pattern_semantics(delays, frames):
             want = codes[:, q, t] if 0 <= t < frames else SPECIAL
             np.testing.assert_array_equal(seq[:, q, s], want)
     # training input keeps T + 1 steps
-    assert P.build_delay_sequence(codes, delays, SPECIAL, valid_only=True).shape[-1] == frames + 1
+    assert P.delay_pattern(frames, delays).build(codes, SPECIAL, valid_only=True).shape[-1] == frames + 1
 
 
 def test_delay_pattern_audiocraft_docstring_example():
@@ -37,7 +37,7 @@ def test_delay_pattern_audiocraft_docstring_example():
     codes = np.array([[[1, 2, 3, 4]] * 3])
     s = -1
     want = [[s, 1, 2, 3, 4], [s, s, 1, 2, 3], [s, s, s, 1, 2]]
-    np.testing.assert_array_equal(P.build_delay_sequence(codes, [0, 1, 2], s, valid_only=True)[0], want)
+    np.testing.assert_array_equal(P.delay_pattern(4, [0, 1, 2]).build(codes, s, valid_only=True)[0], want)
 
 
 @pytest.mark.parametrize("delays", [MONO, STEREO])
@@ -47,7 +47,6 @@ def test_build_revert_identity(delays, frames):
     pattern = P.delay_pattern(frames, delays)
     seq = pattern.build(codes, SPECIAL)
     np.testing.assert_array_equal(pattern.revert(seq, SPECIAL), codes)
-    np.testing.assert_array_equal(P.revert_delay_sequence(seq, frames, delays, SPECIAL), codes)
     assert pattern.revert_mask(seq.shape[-1]).all()
     # a prefix of the sequence reverts the frames it holds; the rest is special
     part = seq[..., : frames + 1]
@@ -83,7 +82,7 @@ def test_patterns_are_jittable():
     seq = jax.jit(lambda c: pattern.build(c, SPECIAL))(codes)
     back = jax.jit(lambda s: pattern.revert(s, SPECIAL))(seq)
     np.testing.assert_array_equal(back, codes)
-    buf = jax.jit(lambda p: P.prompt_sequence(p, 5, STEREO, SPECIAL))(codes[..., :2])
+    buf = jax.jit(lambda p: P.generation_buffer(pattern, p, SPECIAL))(codes[..., :2])
     assert buf.shape == seq.shape
 
 
@@ -172,7 +171,42 @@ def test_generation_buffer_matches_transformers_delay_pattern_mask(k, channels):
             ids[..., 0] = SPECIAL  # transformers' layout: generation starts from one BOS column
             _, ref_mask = model.build_delay_pattern_mask(torch.from_numpy(ids).reshape(2 * k, length),
                                                          SPECIAL, max_length)
-            buf = np.asarray(P.prompt_sequence(ids[..., 1:], frames, delays, SPECIAL))
+            buf = np.asarray(P.generation_buffer(P.delay_pattern(frames, delays), ids[..., 1:], SPECIAL))
             np.testing.assert_array_equal(buf.reshape(2 * k, -1), ref_mask.numpy())
             checked += 1
     assert checked == 9
+
+
+@pytest.mark.parametrize("make", [lambda t: P.delay_pattern(t, MONO), lambda t: P.unrolled_pattern(t, 4),
+                                  lambda t: P.coarse_first_pattern(t, 4), lambda t: P.musiclm_pattern(t, 4)])
+def test_generation_buffer_and_first_step(make):
+    """The buffer holds the prompt frames, specials where no frame can be and UNKNOWN elsewhere; the
+    decode loop starts at the first step holding a frame past the prompt."""
+    frames, prompt_frames = 5, 2
+    pattern = make(frames)
+    codes = _codes(np.random.default_rng(3), 4, frames)
+    buf = np.asarray(P.generation_buffer(pattern, codes[..., :prompt_frames], SPECIAL))
+    layout = pattern.layout
+    np.testing.assert_array_equal(buf[:, layout < 0], SPECIAL)
+    assert (buf[:, layout >= prompt_frames] == P.UNKNOWN).all()
+    full = np.asarray(pattern.build(codes, SPECIAL))
+    known = (layout >= 0) & (layout < prompt_frames)
+    np.testing.assert_array_equal(buf[:, known], full[:, known])
+    start = P.first_generated_step(pattern, prompt_frames)
+    assert (buf[..., :start] != P.UNKNOWN).all() and (buf[..., start] == P.UNKNOWN).any()
+    begun = pattern.frames_begun()
+    assert begun[0] == 0 and begun[-1] == frames and (np.diff(begun) >= 0).all()
+
+
+def test_lm_config_chooses_the_pattern():
+    import dataclasses
+
+    from musicgen_jax.config import tiny
+
+    lm = tiny().lm
+    np.testing.assert_array_equal(lm.codebook_pattern(3).layout, P.delay_pattern(3, lm.delays).layout)
+    flat = dataclasses.replace(lm, pattern="unroll", pattern_options={"flattening": [0, 1, 2, 3]})
+    assert flat.pattern_options == (("flattening", (0, 1, 2, 3)),) and hash(flat)  # YAML lists -> hashable
+    np.testing.assert_array_equal(flat.codebook_pattern(3).layout, P.unrolled_pattern(3, 4, [0, 1, 2, 3]).layout)
+    with pytest.raises(ValueError, match="unknown codebook pattern"):
+        dataclasses.replace(lm, pattern="spiral")

@@ -78,14 +78,14 @@ def test_loss_and_gradients_match_transformers(kind):
     batch = 4
     codes = rng.integers(0, config.codebook_size, size=(batch, config.num_codebooks, FRAMES))
     frames = jnp.full((batch,), FRAMES)
-    x = np.asarray(L.model_input(jnp.asarray(codes), config.delays, config.special_token)).astype(np.int64)
+    x = np.asarray(L.model_input(jnp.asarray(codes), config.codebook_pattern(FRAMES), config.special_token)).astype(np.int64)
     torch_cond, our_cond = _conditioning(model, kind, rng, batch)
 
     ref_loss, ref_grads = _torch_loss_and_grads(model, kind, x, torch_cond)
     ref = flax.traverse_util.flatten_dict(lm_params_from_transformers(ref_grads, config))
 
     lm = MusicGenLM(config)
-    counts = L.codebook_counts(frames, FRAMES, config.delays)  # [K]
+    counts = L.codebook_counts(frames, config.codebook_pattern(FRAMES))  # [K]
 
     def loss(p):
         return jnp.mean(L.lm_nll(lm, p, jnp.asarray(codes), frames, **our_cond) / counts)

@@ -75,7 +75,7 @@ def test_unknown_logical_axis_is_an_error():
 
 def test_loss_mask_is_the_delay_pattern_valid_positions():
     delays, t = (0, 1, 2, 3), 6
-    mask = np.asarray(L.loss_mask(jnp.array([6, 4]), t, delays))  # [B, K, T]
+    mask = np.asarray(L.loss_mask(jnp.array([6, 4]), delay_pattern(t, delays)))  # [B, K, T]
     # codebook q has a prediction for frame f iff its step f + 1 + q lies within the T + 1 input steps,
     # i.e. f + q < T (audiocraft keep_only_valid_steps); padded frames (f >= frames) never count
     for q in range(4):
@@ -89,7 +89,7 @@ def test_codebook_nll_matches_a_direct_computation():
     codes = jnp.asarray(rng.integers(0, v, (b, k, t)))
     logits = jnp.asarray(rng.normal(size=(b, k, t + 1, v)), jnp.float32)
     frames = jnp.array([5, 3])
-    got = np.asarray(L.codebook_nll(logits, codes, frames, delays))
+    got = np.asarray(L.codebook_nll(logits, codes, frames, delay_pattern(t, delays)))
     want = np.zeros(k)
     logp = np.asarray(jax.nn.log_softmax(logits, -1))
     for i in range(b):
@@ -99,7 +99,7 @@ def test_codebook_nll_matches_a_direct_computation():
                 if step <= t and f < int(frames[i]):
                     want[q] -= logp[i, q, step - 1, int(codes[i, q, f])]
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    seq = L.model_input(codes, delays, v)
+    seq = L.model_input(codes, delay_pattern(t, delays), v)
     assert seq.shape == (b, k, t + 1)
     np.testing.assert_array_equal(seq, delay_pattern(t, delays).build(codes, v)[..., : t + 1])
 

@@ -1,6 +1,7 @@
-"""The MusicGen training objective: delay pattern in, per-codebook cross-entropy on valid positions out.
+"""The MusicGen training objective: the LM's codebook pattern in, per-codebook cross-entropy on valid
+positions out (delay pattern shown; `LMConfig.pattern` picks another for the paper's ablation).
 
-    codes [B, K, T] --delay pattern, first T + 1 steps (audiocraft keep_only_valid_steps)--> [B, K, T + 1]
+    codes [B, K, T] --pattern, its valid steps (audiocraft keep_only_valid_steps; T + 1 for delay)--> [B, K, T + 1]
     LM logits [B, K, T + 1, card] --revert pattern--> [B, K, T, card] predicting frame t of codebook q
     loss = mean over q of (sum of -log p(code) over valid (b, t)) / (number of valid (b, t))
 
@@ -19,48 +20,47 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from musicgen_jax.patterns import delay_pattern
+from musicgen_jax.patterns import Pattern
 
 Array = jax.Array
 
 
-def loss_mask(frames: Array, timesteps: int, delays) -> Array:
+def loss_mask(frames: Array, pattern: Pattern) -> Array:
     """frames [B] valid frames per item -> [B, K, T] bool positions counted by the loss."""
-    _, predicted = delay_pattern(timesteps, delays).revert_logits(
-        jnp.zeros((1, len(delays), timesteps + 1, 1)), valid_only=True)  # static [K, T]
-    t = jnp.arange(timesteps)
-    return jnp.asarray(predicted)[None] & (t[None, None, :] < frames[:, None, None])
+    k, t = pattern.num_codebooks, pattern.timesteps
+    _, predicted = pattern.revert_logits(jnp.zeros((1, k, pattern.valid_steps, 1)), valid_only=True)  # static [K, T]
+    return jnp.asarray(predicted)[None] & (jnp.arange(t)[None, None, :] < frames[:, None, None])
 
 
-def codebook_counts(frames: Array, timesteps: int, delays) -> Array:
+def codebook_counts(frames: Array, pattern: Pattern) -> Array:
     """[K] float32: valid positions per codebook over the batch (independent of the parameters)."""
-    return loss_mask(frames, timesteps, delays).sum(axis=(0, 2)).astype(jnp.float32)
+    return loss_mask(frames, pattern).sum(axis=(0, 2)).astype(jnp.float32)
 
 
-def model_input(codes: Array, delays, special_token: int) -> Array:
-    """codes [B, K, T] -> teacher-forcing input [B, K, T + 1] (the valid steps of the delay pattern)."""
-    return delay_pattern(codes.shape[-1], delays).build(codes, special_token, valid_only=True)
+def model_input(codes: Array, pattern: Pattern, special_token: int) -> Array:
+    """codes [B, K, T] -> teacher-forcing input [B, K, S'] (the pattern's valid steps: T + 1 for delay)."""
+    return pattern.build(codes, special_token, valid_only=True)
 
 
-def codebook_nll(logits: Array, codes: Array, frames: Array, delays) -> Array:
-    """logits [B, K, T + 1, card] on the delayed input; codes [B, K, T]; frames [B].
+def codebook_nll(logits: Array, codes: Array, frames: Array, pattern: Pattern) -> Array:
+    """logits [B, K, S', card] on the patterned input; codes [B, K, T]; frames [B].
 
     Returns [K] float32: summed negative log-likelihood over the valid positions of each codebook.
     """
-    t = codes.shape[-1]
     # fill 0 (not NaN) where no prediction exists: a NaN there would poison the gradients
-    per_frame, _ = delay_pattern(t, delays).revert_logits(logits, fill=0.0, valid_only=True)  # [B, K, T, card]
+    per_frame, _ = pattern.revert_logits(logits, fill=0.0, valid_only=True)  # [B, K, T, card]
     nll = optax.softmax_cross_entropy_with_integer_labels(per_frame, codes)  # [B, K, T]
-    return jnp.where(loss_mask(frames, t, delays), nll, 0.0).sum(axis=(0, 2))
+    return jnp.where(loss_mask(frames, pattern), nll, 0.0).sum(axis=(0, 2))
 
 
 def lm_nll(lm, params, codes: Array, frames: Array, **conditioning) -> Array:
-    """The LM's per-codebook NLL sums [K] on codes [B, K, T] (teacher forcing through the delay
+    """The LM's per-codebook NLL sums [K] on codes [B, K, T] (teacher forcing through the LM's codebook
     pattern); conditioning: the LM's text / text_mask / chroma keywords."""
     c = lm.config
-    x = model_input(codes, c.delays, c.special_token)  # [B, K, T + 1]
-    logits, _ = lm.apply({"params": params}, x, **conditioning)  # [B, K, T + 1, card] f32
-    return codebook_nll(logits, codes, frames, c.delays)
+    pattern = c.codebook_pattern(codes.shape[-1])
+    x = model_input(codes, pattern, c.special_token)  # [B, K, S']
+    logits, _ = lm.apply({"params": params}, x, **conditioning)  # [B, K, S', card] f32
+    return codebook_nll(logits, codes, frames, pattern)
 
 
 def keep_conditions(key: Array, batch: int, dropout: float) -> Array:

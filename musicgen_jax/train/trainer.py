@@ -221,7 +221,7 @@ def train_step_fn(model: TrainModel, optim: OptimSection, total_steps: int):
 
     def step(state: TrainState, batch: Mapping[str, Array], t5_params: Any):
         b, _, t = batch["codes"].shape
-        counts = jnp.maximum(L.codebook_counts(batch["frames"], t, lm_cfg.delays), 1.0)  # [K]
+        counts = jnp.maximum(L.codebook_counts(batch["frames"], lm_cfg.codebook_pattern(t)), 1.0)  # [K]
         keep = L.keep_conditions(jax.random.fold_in(state.rng, state.step), b, optim.cond_dropout)  # [B]
         grads, nll = gradients(dict(batch, keep=keep), state.params, t5_params, counts)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
