@@ -235,6 +235,22 @@ def test_lm_config_from_audiocraft_matches_presets(name):
     assert lm_config_from_audiocraft(audiocraft_xp_cfg(lm, melody=lm.is_melody)) == lm
 
 
+def test_audiocraft_config_reads_other_codebook_patterns():
+    """The paper's pattern ablation: audiocraft checkpoints trained with other patterns load with theirs."""
+    import yaml
+
+    cfg = yaml.safe_load(audiocraft_xp_cfg(preset("small").lm))
+    cfg["codebooks_pattern"]["modeling"] = "unroll"  # its unroll section: flattening [0, 1, 2, 3], delays 0
+    lm = lm_config_from_audiocraft(cfg)
+    assert lm.pattern == "unroll" and dict(lm.pattern_options) == {"flattening": (0, 1, 2, 3), "delays": (0, 0, 0, 0)}
+    assert lm.codebook_pattern(10).num_steps == 41  # one codebook per step, plus the leading special step
+    cfg["codebooks_pattern"]["modeling"] = "parallel"
+    assert lm_config_from_audiocraft(cfg).delays == (0, 0, 0, 0)
+    cfg["codebooks_pattern"]["modeling"] = "spiral"
+    with pytest.raises(CheckpointError, match="spiral"):
+        lm_config_from_audiocraft(cfg)
+
+
 def test_audiocraft_config_refuses_unsupported_features():
     import yaml
 

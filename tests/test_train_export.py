@@ -68,6 +68,10 @@ def test_export_refuses_mismatched_models(base, tmp_path):
 
     with pytest.raises(ValueError, match="no text projection"):
         lm_state_dict({}, tiny().lm)  # text width == LM width: transformers has no projection to store
+    import dataclasses
+
+    with pytest.raises(ValueError, match="delay pattern"):  # transformers knows no other codebook pattern
+        lm_state_dict(model.pretrained, dataclasses.replace(model.config.lm, pattern="unroll"))
 
 
 def test_cli_prepare_and_export_checkpoint(base, tmp_path):

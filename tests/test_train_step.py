@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from musicgen_jax.patterns import delay_pattern
+from musicgen_jax.patterns import coarse_first_pattern, delay_pattern, unrolled_pattern
 from musicgen_jax.train import loss as L
 from musicgen_jax import sharding as S
 from musicgen_jax.train import trainer as T
@@ -83,25 +83,31 @@ def test_loss_mask_is_the_delay_pattern_valid_positions():
         np.testing.assert_array_equal(mask[1, q], (np.arange(t) + q < t) & (np.arange(t) < 4))
 
 
-def test_codebook_nll_matches_a_direct_computation():
+@pytest.mark.parametrize("make", [lambda t: delay_pattern(t, (0, 1, 2, 3)), lambda t: unrolled_pattern(t, 4),
+                                  lambda t: coarse_first_pattern(t, 4, [0, 1, 2])])
+def test_codebook_nll_matches_a_direct_computation(make):
     rng = np.random.default_rng(0)
-    delays, b, k, t, v = (0, 1, 2, 3), 2, 4, 5, 7
+    b, k, t, v = 2, 4, 5, 7
+    pattern = make(t)
+    s = pattern.valid_steps
     codes = jnp.asarray(rng.integers(0, v, (b, k, t)))
-    logits = jnp.asarray(rng.normal(size=(b, k, t + 1, v)), jnp.float32)
+    logits = jnp.asarray(rng.normal(size=(b, k, s, v)), jnp.float32)
     frames = jnp.array([5, 3])
-    got = np.asarray(L.codebook_nll(logits, codes, frames, delay_pattern(t, delays)))
+    got = np.asarray(L.codebook_nll(logits, codes, frames, pattern))
     want = np.zeros(k)
     logp = np.asarray(jax.nn.log_softmax(logits, -1))
+    step_of = pattern.step_of_frame()  # where frame f of codebook q sits; predicted one step earlier
     for i in range(b):
         for q in range(k):
             for f in range(t):
-                step = f + 1 + delays[q]  # where frame f of codebook q sits; predicted one step earlier
-                if step <= t and f < int(frames[i]):
+                step = step_of[q, f]
+                if 0 < step < s and f < int(frames[i]):
                     want[q] -= logp[i, q, step - 1, int(codes[i, q, f])]
+    assert (want != 0).all()
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    seq = L.model_input(codes, delay_pattern(t, delays), v)
-    assert seq.shape == (b, k, t + 1)
-    np.testing.assert_array_equal(seq, delay_pattern(t, delays).build(codes, v)[..., : t + 1])
+    seq = L.model_input(codes, pattern, v)
+    assert seq.shape == (b, k, s)
+    np.testing.assert_array_equal(seq, pattern.build(codes, v)[..., :s])
 
 
 def test_condition_dropout_gives_the_null_condition():

@@ -116,6 +116,10 @@ def audiocraft_t5_name(xp_cfg: str | Mapping[str, Any]) -> str:
     return "t5-base"
 
 
+# audiocraft's other codebook patterns and the options of theirs that patterns.get_pattern takes
+_PATTERN_OPTIONS = {"unroll": ("flattening", "delays"), "coarse_first": ("delays",), "music_lm": ("group_by",)}
+
+
 def lm_config_from_audiocraft(cfg: str | Mapping[str, Any]) -> LMConfig:
     """audiocraft training config (xp.cfg) -> LMConfig; refuses features this port does not have."""
     cfg = parse_xp_cfg(cfg)
@@ -147,18 +151,21 @@ def lm_config_from_audiocraft(cfg: str | Mapping[str, Any]) -> LMConfig:
         if fuser.get(op):
             bad.append(f"fuser.{op}={fuser[op]}")
     n_q = int(tl["n_q"])
-    pattern = cfg.get("codebooks_pattern") or {}
-    modeling = pattern.get("modeling", "delay")
+    pattern_cfg = cfg.get("codebooks_pattern") or {}
+    modeling = pattern_cfg.get("modeling", "delay")
+    options = dict(pattern_cfg.get(modeling) or {})
+    delays, pattern, pattern_options = tuple(range(n_q)), "delay", {}
     if modeling == "delay":
-        dcfg = pattern.get("delay") or {}
-        delays = tuple(int(d) for d in (dcfg.get("delays") or range(n_q)))
-        if dcfg.get("flatten_first", 0) or dcfg.get("empty_initial", 0):
+        delays = tuple(int(d) for d in (options.get("delays") or range(n_q)))
+        if options.get("flatten_first", 0) or options.get("empty_initial", 0):
             bad.append("codebooks_pattern.delay.flatten_first/empty_initial")
     elif modeling == "parallel":
-        delays = (0,) * n_q
+        delays = (0,) * n_q  # the delay pattern with no delays
+    elif modeling in _PATTERN_OPTIONS:
+        pattern = modeling
+        pattern_options = {k: options[k] for k in _PATTERN_OPTIONS[modeling] if options.get(k) is not None}
     else:
-        bad.append(f"codebooks_pattern.modeling={modeling!r} (delay or parallel)")
-        delays = tuple(range(n_q))
+        bad.append(f"codebooks_pattern.modeling={modeling!r} (one of delay, parallel, {', '.join(_PATTERN_OPTIONS)})")
     if bad:
         raise CheckpointError("audiocraft LM config uses features this port does not implement: " + "; ".join(bad))
 
@@ -189,6 +196,8 @@ def lm_config_from_audiocraft(cfg: str | Mapping[str, Any]) -> LMConfig:
         chroma_bins=chroma_bins,
         chroma_frames=chroma_frames,
         delays=delays,
+        pattern=pattern,
+        pattern_options=pattern_options,
     )
 
 
@@ -319,6 +328,9 @@ def lm_state_dict(params: Any, config: LMConfig, layout: str = "transformers") -
 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown checkpoint layout {layout!r} (one of {sorted(LAYOUTS)})")
+    if layout == "transformers" and config.pattern != "delay":
+        raise ValueError(f"transformers' MusicGen only knows the delay pattern; this LM uses {config.pattern!r} "
+                         "(keep its training checkpoint, or train with the delay pattern to export)")
     flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, jax.device_get(params)))
     return L.write(LAYOUTS[layout], flat, lm_param_specs(config), config)
 
