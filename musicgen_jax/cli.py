@@ -1,4 +1,7 @@
-"""`musicgen-jax` command line: generate | prepare | train | export | codec encode/decode/roundtrip."""
+"""`musicgen-jax` command line: generate | prepare | train | export | codec encode/decode/roundtrip.
+
+Every command's arguments are defined here; the training commands' handlers are imported from
+train/cli.py only when they run. `python -m musicgen_jax.cli ...` works like `musicgen-jax ...`."""
 from __future__ import annotations
 
 import argparse
@@ -112,6 +115,51 @@ def generate(args) -> int:
     return 0
 
 
+def _training(handler: str):
+    """A command handler from train/cli.py, imported only when the command runs (generation and codec
+    commands never load training code)."""
+    def run(args) -> int:
+        import importlib
+
+        return getattr(importlib.import_module("musicgen_jax.train.cli"), handler)(args)
+
+    return run
+
+
+def _add_training_commands(subparsers) -> None:
+    """`prepare`, `train` and `export`: their handlers live in train/cli.py, imported when they run."""
+    prep = subparsers.add_parser("prepare", help="audio + captions -> EnCodec code shards for training")
+    prep.add_argument("audio_dir", metavar="AUDIO_DIR",
+                      help="audiocraft layout (*.jsonl manifest + sidecar .json) or audio files with .txt captions")
+    prep.add_argument("out_dir", metavar="OUT_DIR")
+    prep.add_argument("--codec", default="facebook/encodec_32khz",
+                      help="EnCodec checkpoint, or a MusicGen checkpoint whose codec to use")
+    prep.add_argument("--channels", type=int, default=None, help="2 for stereo models (default: the codec's)")
+    prep.add_argument("--segment-seconds", type=float, default=30.0)
+    prep.add_argument("--min-segment-ratio", type=float, default=0.8,
+                      help="keep a last partial segment holding at least this share of a segment")
+    prep.add_argument("--batch-size", type=int, default=8, help="segments per EnCodec call")
+    prep.add_argument("--records-per-shard", type=int, default=1024)
+    prep.add_argument("--min-sample-rate", type=int, default=16000)
+    prep.add_argument("--chroma", action="store_true", help="store chroma for melody models")
+    prep.add_argument("--quiet", action="store_true", help="no progress bar")
+    prep.set_defaults(func=_training("prepare_command"))
+
+    train = subparsers.add_parser("train", help="train or fine-tune the MusicGen LM (resumes automatically)")
+    train.add_argument("--config", required=True, help="YAML recipe, e.g. configs/train/small.yaml")
+    train.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    train.set_defaults(func=_training("train_command"))
+
+    export = subparsers.add_parser("export", help="training checkpoint -> transformers-layout MusicGen directory")
+    export.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR")
+    export.add_argument("out_dir", metavar="OUT_DIR")
+    export.add_argument("--base", default=None,
+                        help="transformers MusicGen checkpoint providing text encoder and codec "
+                             "(default: the run's init_from / checkpoint.export_base)")
+    export.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
+    export.set_defaults(func=_training("export_command"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicgen-jax", description="MusicGen in JAX")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -136,9 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "fsdp gathers weights every step, so prefer data and tensor")
     gen.set_defaults(func=generate)
 
-    from musicgen_jax.train.cli import add_train_commands
-
-    add_train_commands(commands)  # prepare | train | export
+    _add_training_commands(commands)  # prepare | train | export
 
     codec = commands.add_parser("codec", help="EnCodec: audio <-> codes")
     codec_cmds = codec.add_subparsers(dest="codec_command", required=True)

@@ -76,7 +76,7 @@ def test_export_refuses_mismatched_models(base, tmp_path):
 
 def test_cli_prepare_and_export_checkpoint(base, tmp_path):
     """`prepare` with the codec of a MusicGen checkpoint, and `export` of a training checkpoint."""
-    from musicgen_jax.train import cli
+    from musicgen_jax import cli
     from musicgen_jax.train.checkpoint import Checkpointer
     from musicgen_jax.train.config import load_config, to_dict
     from musicgen_jax.train.records import read_index

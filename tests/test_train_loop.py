@@ -99,7 +99,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(world, full_run, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({}))
     env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest", **compile_cache_env())
-    proc = subprocess.Popen([sys.executable, "-m", "musicgen_jax.train.cli", "train", "--config", str(config),
+    proc = subprocess.Popen([sys.executable, "-m", "musicgen_jax.cli", "train", "--config", str(config),
                              *overrides], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     output = []

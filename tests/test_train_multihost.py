@@ -59,7 +59,7 @@ def test_two_processes_train_like_one(world, tmp_path):
             "distributed.num_processes": 2, "distributed.process_id": rank, "distributed.cpu_collectives": "gloo",
             "checkpoint.dir": ckpt, "checkpoint.every": 5, "log.jsonl": jsonl, "stop_after": STEPS})
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "musicgen_jax.train.cli", "train", "--config", os.devnull, *overrides],
+            [sys.executable, "-m", "musicgen_jax.cli", "train", "--config", os.devnull, *overrides],
             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = []
     for proc in procs:
