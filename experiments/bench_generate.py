@@ -56,8 +56,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:  # the preset's real shapes: T5-base, EnCodec 32 kHz, its decoder
         reference = save_reference_musicgen(tmp, **lm_reference_kwargs(preset(args.model).lm), text=T5_BASE,
-                                            codec=ENCODEC_32KHZ, widen=False)
-        reference.set_attn_implementation("sdpa")  # transformers' default (the builder picks eager for parity)
+                                            codec=ENCODEC_32KHZ, widen=False, attention=None)  # sdpa
         ours = MusicGen.from_pretrained(tmp, dtype=jnp.dtype(args.dtype))
     lm = ours.config.lm
     steps = args.frames + max(lm.delays)  # model calls after the first: T + K - 1 in all

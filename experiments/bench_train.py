@@ -85,8 +85,7 @@ def bench_torch(args, cfg) -> dict:
     text = dict(vocab_size=t5.vocab_size, d_model=t5.d_model, d_kv=t5.d_kv, d_ff=t5.d_ff, num_layers=t5.num_layers,
                 num_heads=t5.num_heads)
     # the preset's decoder and text encoder with transformers' own init, a tiny codec (unused), sdpa attention
-    model = reference_musicgen(**lm_reference_kwargs(lm), text=text, widen=False)
-    model.set_attn_implementation("sdpa")
+    model = reference_musicgen(**lm_reference_kwargs(lm), text=text, widen=False, attention=None)
     model.to(device).train()
     model.text_encoder.requires_grad_(False)
     model.audio_encoder.requires_grad_(False)

@@ -82,7 +82,8 @@ AUDIOCRAFT_VERSION = "1.3.0"
 # ------------------------------------------------------------------ reference models (torch)
 def reference_musicgen(kind: str = "mono", *, dim: int = 32, layers: int = 2, heads: int = 4,
                        ffn: int | None = None, card: int = 32, text: dict | None = None, codec: dict | None = None,
-                       chroma_length: int = 235, widen: bool = True, seed: int = 0):
+                       chroma_length: int = 235, widen: bool = True, seed: int = 0,
+                       attention: str | None = "eager"):
     """A random-weight transformers MusicGen: MusicgenForConditionalGeneration (kind "mono": 4 codebooks,
     "stereo": 8 codebooks over 2 channels) or MusicgenMelodyForConditionalGeneration ("melody",
     "stereo-melody").
@@ -92,7 +93,8 @@ def reference_musicgen(kind: str = "mono", *, dim: int = 32, layers: int = 2, he
     codes; ENCODEC_32KHZ for the real one); chroma_length: melody frames (235 = 30 s).
     widen: re-draw the LM weights at scales where the text matters (`widen_lm_`). The codec's codebooks
     are drawn from a normal distribution (transformers initialises them to zeros). Same seed, same
-    weights. Returns the model in eval mode with eager attention.
+    weights. attention: the attention implementation (None: transformers' default, e.g. sdpa for speed).
+    Returns the model in eval mode.
     """
     import torch
 
@@ -104,7 +106,8 @@ def reference_musicgen(kind: str = "mono", *, dim: int = 32, layers: int = 2, he
     text = TINY_T5 if text is None else text
     codec = {**TINY_ENCODEC, "codebook_size": card} if codec is None else codec
     model = _new_musicgen(kind, decoder, text, codec, chroma_length)
-    model.set_attn_implementation("eager")
+    if attention is not None:
+        model.set_attn_implementation(attention)
     if widen:
         widen_lm_(model, seed)
     _normal_codebooks_(model.audio_encoder)
@@ -334,7 +337,8 @@ def save_reference_musicgen(directory, *, layout: str = "transformers", segment_
     the T5 encoder (transformers layout, with spiece.model) in `directory/t5` and the EnCodec
     (transformers layout) in `directory/encodec`. t5_name / codec_name default to the absolute paths of
     those folders; pass hub names to resolve them elsewhere (e.g. a hub cache made with
-    `put_in_hub_cache` from the companions). Returns the torch model.
+    `put_in_hub_cache` from the companions). For melody models in the audiocraft layout the chroma
+    frames follow segment_duration (235 for 30 s): pass a matching chroma_length. Returns the torch model.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
