@@ -77,7 +77,6 @@ def _batch(args, cfg) -> dict[str, np.ndarray]:
 def bench_torch(args, cfg) -> dict:
     import torch
 
-    from musicgen_jax.patterns import build_delay_sequence
     from musicgen_jax.testing import lm_reference_kwargs, reference_musicgen
 
     lm, t5 = cfg.lm, cfg.t5
@@ -93,7 +92,8 @@ def bench_torch(args, cfg) -> dict:
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
 
     batch = _batch(args, cfg)
-    seq = np.asarray(build_delay_sequence(batch["codes"], lm.delays, lm.special_token, valid_only=True))  # [B, K, S]
+    pattern = lm.codebook_pattern(batch["codes"].shape[-1])
+    seq = np.asarray(pattern.build(batch["codes"], lm.special_token, valid_only=True))  # [B, K, S]
     b, k, s = seq.shape
     inputs = torch.as_tensor(seq.reshape(b * k, s), dtype=torch.long, device=device)
     targets = np.concatenate([seq[..., 1:], seq[..., -1:]], -1).transpose(0, 2, 1)  # next step, [B, S, K]

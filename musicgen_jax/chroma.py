@@ -47,17 +47,15 @@ import numbers
 
 import numpy as np
 
+from musicgen_jax.audio import RESAMPLE_METHODS, check_sample_rate, resample_melody
+
 SAMPLE_RATE = 32000  # rate the chroma is computed at (the model's)
 N_FFT = 2 ** 14  # audiocraft radix2_exp=14: n_fft = win_length = 16384
 HOP_LENGTH = N_FFT // 4  # chroma frames advance by 4096 samples
 N_CHROMA = 12
 NORM_EPS = 1e-6  # torch.nn.functional.normalize eps
-MAX_SAMPLE_RATE = 1_000_000
-RESAMPLE_METHODS = ("audiocraft", "transformers")
 
 _BLOCK_FRAMES = 64  # STFT frames per block
-_RESAMPLE_BLOCK = 1 << 21  # (rows x output samples x filter taps) per resampling block
-_KERNEL_TABLE_MAX = 1 << 22  # tabulate the filter of every output phase when it has at most this many taps
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -67,18 +65,6 @@ _KERNEL_TABLE_MAX = 1 << 22  # tabulate the filter of every output phase when it
 def _check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def check_sample_rate(sample_rate, name: str = "sample_rate") -> int:
-    """A sample rate as an int, or ValueError: must be a finite whole number in (0, 1e6] Hz."""
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
-        raise ValueError(f"{name} must be a number of Hz, got {sample_rate!r}")
-    value = float(sample_rate)
-    if not math.isfinite(value) or value <= 0 or value > MAX_SAMPLE_RATE:
-        raise ValueError(f"{name} must be in (0, {MAX_SAMPLE_RATE}] Hz, got {sample_rate!r}")
-    if value != int(value):
-        raise ValueError(f"{name} must be a whole number of Hz, got {sample_rate!r}")
     return int(value)
 
 
@@ -131,89 +117,6 @@ def chroma_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_chro
     """
     return _chroma_filterbank_cached(check_sample_rate(sample_rate), _check_positive_int("n_fft", n_fft),
                                      _check_positive_int("n_chroma", n_chroma))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# resampling (windowed-sinc, as julius.resample_frac / torchaudio.functional.resample)
-
-
-def _sinc_kernel_rows(phases: np.ndarray, old: int, new: int, width: int, zeros: int, rolloff: float,
-                      method: str) -> tuple[np.ndarray, np.ndarray]:
-    """Weights [P, 2 * width + 2] and first-tap offsets [P] for output phases `phases` (rates reduced by gcd).
-
-    Output sample j = q * new + i reads input samples q * old + start[i] + m - width, m < 2 * width + 2.
-    The conv kernels of julius/torchaudio span 2 * width + old taps; outside the ones kept here their
-    values are sin(zeros*pi)/(zeros*pi) * cos(pi/2)**2 ~ 1e-33, i.e. zero.
-    """
-    sr = min(old, new) * rolloff
-    start = (phases * old) // new  # floor(i * old / new)
-    taps = np.arange(2 * width + 2)
-    k = start[:, None] + taps[None, :]  # tap index in the conv kernel, [0, 2 * width + old]
-    t = (-phases[:, None] / new + (k - width) / old) * sr
-    t = np.clip(t, -zeros, zeros)
-    window = np.cos(t * math.pi / zeros / 2) ** 2
-    tp = t * math.pi
-    safe = np.where(tp == 0, 1.0, tp)
-    kernel = np.where(tp == 0, 1.0, np.sin(safe) / safe) * window
-    kernel = np.where(k < 2 * width + old, kernel, 0.0)  # past the conv kernel's last tap
-    if method == "audiocraft":
-        kernel = kernel / kernel.sum(axis=1, keepdims=True)  # julius: each phase sums to one
-    else:
-        kernel = kernel * (sr / old)  # torchaudio: fixed gain base_freq / orig_freq
-    return kernel, start
-
-
-def resample_melody(wav: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE, *,
-                    method: str = "audiocraft", zeros: int = 24, rolloff: float = 0.945) -> np.ndarray:
-    """Resample along the last axis like the references do before chroma extraction (float64 out).
-
-    method "audiocraft": `julius.resample_frac(wav, from_rate, to_rate)` (zeros=24, rolloff=0.945, edge
-    samples repeated, floor(n * to / from) samples). method "transformers":
-    `torchaudio.functional.resample(wav, from_rate, to_rate, rolloff=0.945, lowpass_filter_width=24)`
-    (zero padding, gain rolloff * min / from, ceil(n * to / from) samples). Rates are reduced by their gcd
-    first, as both do; the filter is evaluated on its support only, so any pair of rates is cheap.
-    """
-    if method not in RESAMPLE_METHODS:
-        raise ValueError(f"method must be one of {RESAMPLE_METHODS}, got {method!r}")
-    from_rate = check_sample_rate(from_rate, "from_rate")
-    to_rate = check_sample_rate(to_rate, "to_rate")
-    x = np.asarray(wav, dtype=np.float64)
-    if from_rate == to_rate:
-        return x
-    g = math.gcd(from_rate, to_rate)
-    old, new = from_rate // g, to_rate // g
-    sr = min(old, new) * rolloff
-    width = math.ceil(zeros * old / sr)
-    shape, length = x.shape[:-1], x.shape[-1]
-    if length == 0:
-        raise ValueError("cannot resample an empty wav")
-    x = x.reshape(-1, length)
-    if method == "audiocraft":
-        out_len = (new * length) // old
-    else:
-        out_len = -((-new * length) // old)
-    ntaps = 2 * width + 2
-    table = None
-    if new * ntaps <= _KERNEL_TABLE_MAX:  # small enough to tabulate every phase once
-        table = _sinc_kernel_rows(np.arange(new), old, new, width, zeros, rolloff, method)
-    out = np.empty((x.shape[0], out_len), np.float64)
-    taps = np.arange(ntaps)
-    block = max(256, _RESAMPLE_BLOCK // (ntaps * x.shape[0]))
-    for lo in range(0, out_len, block):
-        j = np.arange(lo, min(out_len, lo + block))
-        q, i = j // new, j % new
-        if table is not None:
-            kernel, start = table[0][i], table[1][i]
-        else:
-            kernel, start = _sinc_kernel_rows(i, old, new, width, zeros, rolloff, method)
-        idx = (q * old + start - width)[:, None] + taps[None, :]
-        if method == "audiocraft":  # replicate padding
-            vals = x[:, np.clip(idx, 0, length - 1)]
-        else:  # zero padding
-            valid = (idx >= 0) & (idx < length)
-            vals = np.where(valid, x[:, np.clip(idx, 0, length - 1)], 0.0)
-        out[:, lo:lo + len(j)] = np.einsum("rjm,jm->rj", vals, kernel)
-    return out.reshape(shape + (out_len,))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -209,7 +209,7 @@ def check_chroma(chroma, batch: int, bins: int) -> np.ndarray:
 
 def prepare_melodies(melody_wavs, rate, batch: int, sample_rate: int) -> list:
     """-> a list of mono float32 wavs at the model rate (None: no melody), checked."""
-    from musicgen_jax.chroma import check_sample_rate, resample_melody
+    from musicgen_jax.audio import check_sample_rate, resample_melody
 
     rate = check_sample_rate(rate, "melody_sample_rate")
     if hasattr(melody_wavs, "shape"):

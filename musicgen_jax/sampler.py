@@ -79,8 +79,8 @@ class Conditioner:
 
     bucket_text = 16
 
-    def __init__(self, config: MusicGenConfig, lm: MusicGenLM, t5: T5Encoder, tokenizer: T5Tokenizer):
-        self.config, self.lm, self.t5, self.tokenizer = config, lm, t5, tokenizer
+    def __init__(self, lm: MusicGenLM, t5: T5Encoder, tokenizer: T5Tokenizer):
+        self.lm, self.t5, self.tokenizer = lm, t5, tokenizer
 
     @cached_property
     def _t5_fn(self):
@@ -100,18 +100,19 @@ class Conditioner:
         features = self._t5_fn(t5_params, jnp.asarray(batch.ids), jnp.asarray(batch.mask))
         return features, jnp.asarray(mask)
 
-    def window_chroma(self, melody, offset_frames: int | None, frame_rate: float, sample_rate: int) -> np.ndarray:
+    def window_chroma(self, melody, offset_seconds: float | None, window_seconds: float, sample_rate: int
+                      ) -> np.ndarray:
         """Chroma [B, frames, 12] for a window: the whole melody (offset None) or, in long-form, the
         window's span of it taken periodically (audiocraft's positions % length)."""
         from musicgen_jax.chroma import extract_chroma, fit_chroma_length, melody_window, null_chroma
 
-        frames = self.config.lm.chroma_frames
+        frames = self.lm.config.chroma_frames
         if not isinstance(melody, list):  # precomputed chroma
             return fit_chroma_length(melody, frames)
         wavs = melody
-        if offset_frames is not None:
-            start = int(offset_frames / frame_rate * sample_rate)
-            length = int(self.config.max_duration * sample_rate)
+        if offset_seconds is not None:
+            start = int(offset_seconds * sample_rate)
+            length = int(window_seconds * sample_rate)
             wavs = [None if w is None else melody_window(w, start, length) for w in melody]
         if all(w is None for w in wavs):
             return null_chroma(len(wavs), frames)
@@ -126,10 +127,10 @@ class Conditioner:
         if use_cfg:
             text = jnp.concatenate([text, jnp.zeros_like(text)])
             mask = jnp.concatenate([mask, jnp.zeros_like(mask)])
-        if self.config.lm.is_melody:  # [chroma, text] prepended; text is part of the prefix, not bucketed
+        if self.lm.config.is_melody:  # [chroma, text] prepended; text is part of the prefix, not bucketed
             from musicgen_jax.chroma import null_chroma
 
-            frames = self.config.lm.chroma_frames
+            frames = self.lm.config.chroma_frames
             chroma = null_chroma(rows, frames) if chroma is None else chroma
             if use_cfg:
                 chroma = np.concatenate([chroma, null_chroma(rows, frames)])
@@ -154,7 +155,7 @@ class Sampler:
                  tokenizer: T5Tokenizer):
         self.config, self.lm, self.lm_params = config, lm, lm_params
         self.t5, self.t5_params, self.tokenizer = t5, t5_params, tokenizer
-        self.conditioner = Conditioner(config, lm, t5, tokenizer)
+        self.conditioner = Conditioner(lm, t5, tokenizer)
 
     @property
     def mesh(self):
@@ -189,7 +190,8 @@ class Sampler:
 
         def conditions_at(offset):
             chroma = None if melody is None else self.conditioner.window_chroma(
-                melody, offset, frame_rate, self.config.sample_rate)
+                melody, None if offset is None else offset / frame_rate, self.config.max_duration,
+                self.config.sample_rate)
             return self.conditioner(self.lm_params, self.t5_params, descriptions, use_cfg, chroma)
 
         per_window = melody is not None and isinstance(melody, list) and total > window

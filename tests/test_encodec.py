@@ -255,7 +255,6 @@ def test_encodec_param_count_matches_pytorch():
     We fold weight norm (g disappears), sum the two LSTM biases, and hold the codebooks as params
     (torch buffers): the counts must agree after exactly those three adjustments.
     """
-    import jax
     import torch
     from flax import traverse_util
     from transformers import EncodecConfig as HFEncodecConfig

@@ -44,7 +44,6 @@ def reference_generate(model, mg: MusicGen, prompts, frames: int, cfg: float = 3
 
     model.audio_encoder.decode = recording_decode
     batch = mg.tokenizer(prompts)
-    k = model.decoder.num_codebooks
     delay = max(mg.config.lm.delays)
     ids = torch.from_numpy(np.asarray(batch.ids)).long()
     mask = torch.from_numpy(np.asarray(batch.mask)).long()
@@ -436,3 +435,31 @@ def test_decode_caches_are_laid_out_by_logical_axes(tiny):
             want = NamedSharding(mesh, P(*lead, ("data", "fsdp"), "tensor", None, None))
             assert k.sharding.is_equivalent_to(want, k.ndim), k.sharding.spec
             assert k.addressable_shards[0].data.shape[len(lead):] == (3, heads // 2, 64, head_dim)
+
+
+@pytest.mark.parametrize("kind", ["mono", "stereo", "melody"])
+def test_audiocraft_layout_generates_like_the_transformers_layout(tmp_path, kind, monkeypatch):
+    """The same weights in both official layouts load to the same model and the same greedy tokens. The
+    audiocraft checkpoint names its T5 and codec as hub repositories (read from a hub cache, offline), as
+    the official state_dict.bin names t5-base and its compression_state_dict.bin facebook/encodec_32khz."""
+    import huggingface_hub.constants
+
+    kinds = dict(stereo=kind == "stereo", melody=kind == "melody", seed=4)
+    build_reference(tmp_path / "hf", **kinds)
+    build_reference(tmp_path / "ac", layout="audiocraft", t5_name="google-t5/t5-tiny-test",
+                    codec_name="facebook/encodec-tiny-test", **kinds)
+    hub = str(tmp_path / "hub")
+    put_in_hub_cache(hub, "google-t5/t5-tiny-test", str(tmp_path / "ac" / "t5"))
+    put_in_hub_cache(hub, "facebook/encodec-tiny-test", str(tmp_path / "ac" / "encodec"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", hub)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hf, ac = MusicGen.from_pretrained(str(tmp_path / "hf")), MusicGen.from_pretrained(str(tmp_path / "ac"))
+    assert ac.config.t5_name == "google-t5/t5-tiny-test"
+    assert dataclasses.replace(ac.config, name=hf.config.name, t5_name=hf.config.t5_name) == hf.config
+    for mg in (hf, ac):
+        greedy(mg, 40)
+    wav_hf, tokens_hf = hf.generate(PROMPTS_SAME_LENGTH, return_tokens=True)
+    wav_ac, tokens_ac = ac.generate(PROMPTS_SAME_LENGTH, return_tokens=True)
+    np.testing.assert_array_equal(np.asarray(tokens_ac), np.asarray(tokens_hf))
+    np.testing.assert_array_equal(np.asarray(wav_ac), np.asarray(wav_hf))
+    assert len(np.unique(np.asarray(tokens_hf))) > 8
