@@ -4,6 +4,6 @@ from musicgen_jax.config import (PRESETS, EncodecConfig, GenerationParams, LMCon
                                  SamplingParams, T5Config, preset, tiny)
 from musicgen_jax.musicgen import MusicGen
 
-__all__ = ["MusicGen", "GenerationParams", "SamplingParams", "CompressionModel", "MusicGenConfig", "LMConfig", "T5Config",
-           "EncodecConfig", "PRESETS", "preset", "tiny"]
+__all__ = ["MusicGen", "GenerationParams", "SamplingParams", "CompressionModel", "MusicGenConfig", "LMConfig",
+           "T5Config", "EncodecConfig", "PRESETS", "preset", "tiny"]
 __version__ = "0.1.0"

@@ -21,6 +21,11 @@ from musicgen_jax.config import GenerationParams, MusicGenConfig
 from musicgen_jax.sampler import Progress, ProgressCallback, Sampler
 
 
+def _from_sampler(name: str, doc: str | None = None) -> property:
+    """A read-only attribute of the facade that is the sampler's."""
+    return property(lambda self: getattr(self.sampler, name), doc=doc)
+
+
 class MusicGen:
     """Text (and audio-prompt, melody) conditioned music generation with the official MusicGen weights."""
 
@@ -60,29 +65,12 @@ class MusicGen:
         return self
 
     # ------------------------------------------------------------------ facts
-    @property
-    def config(self) -> MusicGenConfig:
-        return self.sampler.config
-
-    @property
-    def lm(self):
-        return self.sampler.lm
-
-    @property
-    def lm_params(self):
-        return self.sampler.lm_params
-
-    @property
-    def t5_params(self):
-        return self.sampler.t5_params
-
-    @property
-    def tokenizer(self):
-        return self.sampler.tokenizer
-
-    @property
-    def mesh(self):
-        return self.sampler.mesh
+    config: MusicGenConfig = _from_sampler("config")
+    lm = _from_sampler("lm", "the LM module (inference layout: one module per layer)")
+    lm_params = _from_sampler("lm_params")
+    t5_params = _from_sampler("t5_params")
+    tokenizer = _from_sampler("tokenizer")
+    mesh = _from_sampler("mesh", "the device mesh generation runs on, or None")
 
     @property
     def sample_rate(self) -> int:
@@ -158,7 +146,8 @@ class MusicGen:
         [B, F, 12] (tiled/cut to the window). Drums and bass are not removed (audiocraft runs a source
         separator first): give a melodic stem for results closest to audiocraft's."""
         if not self.config.lm.is_melody:
-            raise ValueError(f"{self.config.name} is not a melody model: use generate() or a musicgen-melody checkpoint")
+            raise ValueError(f"{self.config.name} is not a melody model: use generate() or a musicgen-melody "
+                             "checkpoint")
         descriptions = check_descriptions(descriptions, allow_none=True)
         if (melody_wavs is None) == (chroma is None):
             raise ValueError("give either melody_wavs (with melody_sample_rate) or a precomputed chroma")

@@ -78,7 +78,8 @@ def test_loss_and_gradients_match_transformers(kind):
     batch = 4
     codes = rng.integers(0, config.codebook_size, size=(batch, config.num_codebooks, FRAMES))
     frames = jnp.full((batch,), FRAMES)
-    x = np.asarray(L.model_input(jnp.asarray(codes), config.codebook_pattern(FRAMES), config.special_token)).astype(np.int64)
+    x = L.model_input(jnp.asarray(codes), config.codebook_pattern(FRAMES), config.special_token)
+    x = np.asarray(x).astype(np.int64)
     torch_cond, our_cond = _conditioning(model, kind, rng, batch)
 
     ref_loss, ref_grads = _torch_loss_and_grads(model, kind, x, torch_cond)

@@ -181,7 +181,8 @@ def lm_config_from_audiocraft(cfg: str | Mapping[str, Any]) -> LMConfig:
         duration = (cfg.get("dataset") or {}).get("segment_duration", 30)
         chroma_frames = chroma_length(float(duration), sr, n_fft=2 ** int(chroma_cfg.get("radix2_exp", 14)))
     cross_attention = bool(cross) or bool(tl.get("cross_attention", False))
-    if cross and cross != ["description"] or (prepend and sorted(prepend) not in (["self_wav"], ["description", "self_wav"])):
+    prepend_ok = not prepend or sorted(prepend) in (["self_wav"], ["description", "self_wav"])
+    if cross and cross != ["description"] or not prepend_ok:
         raise CheckpointError(f"unsupported conditioning layout: prepend={prepend}, cross={cross}")
     dim = int(tl["dim"])
     return LMConfig(

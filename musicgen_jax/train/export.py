@@ -5,8 +5,8 @@ and so does transformers' `MusicgenForConditionalGeneration`).
 
 The LM tensors are written by `convert.lm.lm_state_dict` from the same key table that reads
 transformers checkpoints; the text encoder, the codec, the tokenizer files and the rest of config.json
-come from a `base` checkpoint in the transformers layout that shares them (every official MusicGen uses t5-base and encodec_32khz; a
-fine-tuning run's own starting checkpoint is the natural base). The base's text encoder must be the one
+come from a `base` checkpoint in the transformers layout that shares them (every official MusicGen uses
+t5-base and encodec_32khz; a fine-tuning run's own starting checkpoint is the natural base). The base's text encoder must be the one
 the run trained with: this is checked.
 
 config.json also records the training window as a top-level "segment_duration" (seconds,
