@@ -70,7 +70,7 @@ def _batch(args, cfg) -> dict[str, np.ndarray]:
     b, k = args.batch, cfg.lm.num_codebooks
     return {"codes": rng.integers(0, cfg.lm.codebook_size, (b, k, frames)).astype(np.int32),
             "frames": np.full((b,), frames, np.int32),
-            "text_ids": rng.integers(2, 1000, (b, args.text_tokens)).astype(np.int32),
+            "text_ids": rng.integers(2, min(1000, cfg.t5.vocab_size), (b, args.text_tokens)).astype(np.int32),
             "text_mask": np.ones((b, args.text_tokens), np.int32)}
 
 
