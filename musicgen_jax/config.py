@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+import numpy as np
 
 from musicgen_jax.patterns import PATTERNS, Pattern, get_pattern
 
@@ -107,6 +110,10 @@ class LMConfig:
             raise ValueError(f"LM dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if len(self.delays) != self.num_codebooks:
             raise ValueError(f"{len(self.delays)} delays given for {self.num_codebooks} codebooks")
+        if self.pattern == "delay" and self.pattern_options:
+            raise ValueError("the delay pattern takes its delays from `delays`; pattern_options are for the "
+                             f"other patterns, got {dict(self.pattern_options)}")
+        self.codebook_pattern(1)  # bad pattern options fail here, not at the first training step
 
     @property
     def head_dim(self) -> int:
@@ -161,6 +168,15 @@ class MusicGenConfig:
         return self.encodec.frame_rate
 
 
+def seconds_for_frames(frames: int, frame_rate: float) -> float:
+    """A duration that gives back exactly `frames` as generation counts them, int(seconds * frame_rate)
+    (frames / frame_rate alone can fall one frame short in floating point, e.g. 29 frames at 50 Hz)."""
+    seconds = frames / frame_rate
+    while int(seconds * frame_rate) < frames:
+        seconds = math.nextafter(seconds, math.inf)
+    return seconds
+
+
 def _lm(dim: int, layers: int, heads: int, *, melody: bool, stereo: bool) -> LMConfig:
     return LMConfig(
         dim=dim,
@@ -211,9 +227,12 @@ def preset(name: str) -> MusicGenConfig:
     return PRESETS[key]
 
 
-def official_repo(name_or_path: str) -> str:
+def official_repo(name_or_path: str | os.PathLike) -> str:
     """A preset's short name ('small', 'musicgen-small') -> its hub id ('facebook/musicgen-small');
     hub ids and existing local paths are returned unchanged."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"model name or path must be a string, got {type(name_or_path).__name__}")
+    name_or_path = os.fspath(name_or_path)
     if "/" in name_or_path or os.path.exists(os.path.expanduser(name_or_path)):
         return name_or_path
     return "facebook/" + preset(name_or_path).name
@@ -246,10 +265,26 @@ def tiny(*, melody: bool = False, stereo: bool = False) -> MusicGenConfig:
 # of a compiled decode program; GenerationParams adds what changes between calls (duration, stride).
 
 
-def _finite(name: str, value, low: float, *, strict: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+def _number(name: str, value, low: float = -math.inf, *, strict: bool = False, integer: bool = False):
+    """A plain int/float (numpy scalars accepted), checked: finite, >= low (> low when strict)."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, kind) or not math.isfinite(value) \
             or value < low or (strict and value == low):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}")
+        bound = "" if low == -math.inf else f" {'>' if strict else '>='} {low:g}"
+        raise ValueError(f"{name} must be a finite {'integer' if integer else 'number'}{bound}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _set(obj, **values) -> None:
+    """Store normalised values on a frozen dataclass (in __post_init__)."""
+    for key, value in values.items():
+        object.__setattr__(obj, key, value)
 
 
 @dataclass(frozen=True)
@@ -263,10 +298,9 @@ class SamplingParams:
     top_p: float = 0.0
 
     def __post_init__(self):
-        _finite("temperature", self.temperature, 0.0)
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
-        _finite("top_p", self.top_p, 0.0)
+        _set(self, use_sampling=_flag("use_sampling", self.use_sampling),
+             temperature=_number("temperature", self.temperature, 0.0),
+             top_k=_number("top_k", self.top_k, 0, integer=True), top_p=_number("top_p", self.top_p, 0.0))
         if self.top_p > 1.0:
             raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
 
@@ -284,7 +318,7 @@ class Guidance:
     two_step: bool = False
 
     def __post_init__(self):
-        _finite("cfg_coef", self.coef, 0.0)
+        _set(self, coef=_number("cfg_coef", self.coef), two_step=_flag("two_step_cfg", self.two_step))
 
     @property
     def enabled(self) -> bool:
@@ -304,8 +338,8 @@ class GenerationParams:
     guidance: Guidance = field(default_factory=Guidance)
 
     def __post_init__(self):
-        _finite("duration", self.duration, 0.0, strict=True)
-        _finite("extend_stride", self.extend_stride, 0.0, strict=True)
+        _set(self, duration=_number("duration", self.duration, 0.0, strict=True),
+             extend_stride=_number("extend_stride", self.extend_stride, 0.0, strict=True))
 
     def with_changes(self, **changes) -> "GenerationParams":
         sampling = {k: changes.pop(k) for k in ("use_sampling", "temperature", "top_k", "top_p") if k in changes}

@@ -81,12 +81,12 @@ class Pattern:
         out[q, self.layout[q, s]] = s
         return out
 
-    def frames_begun(self) -> np.ndarray:
-        """[S + 1] int: how many frames have some codebook placed at a step before s, for s = 0..S
-        (generation progress; for the delay pattern s - 1, clipped to [0, T])."""
-        step = self.step_of_frame()
-        first = np.where(step >= 0, step, self.num_steps).min(axis=0)  # [T]
-        return np.searchsorted(np.sort(first), np.arange(self.num_steps + 1), side="left")
+    def progress_frames(self) -> np.ndarray:
+        """[S + 1] int: frames' worth of tokens (tokens placed / K) at the steps before s, for s = 0..S:
+        generation progress that advances evenly whatever the interleaving."""
+        placed = (self.layout >= 0).sum(axis=0)  # [S] tokens at each step
+        before = np.concatenate([[0], np.cumsum(placed)])  # [S + 1]
+        return before // self.num_codebooks
 
     def build(self, codes: Array, special_token: int, *, valid_only: bool = False) -> Array:
         """codes [B, K, T] -> sequence [B, K, S] (S = valid_steps when valid_only).
@@ -235,6 +235,8 @@ def coarse_first_pattern(timesteps: int, num_codebooks: int, delays: Sequence[in
 
 def musiclm_pattern(timesteps: int, num_codebooks: int, group_by: int = 2) -> Pattern:
     """Flattening by groups of codebooks: all frames of group 0 (interleaved), then group 1, ..."""
+    if isinstance(group_by, bool) or not isinstance(group_by, int) or group_by < 1:
+        raise ValueError(f"music_lm group_by must be a positive integer, got {group_by!r}")
     coords: list[list[tuple[int, int]]] = [[]]
     for offset in range(0, num_codebooks, group_by):
         for t in range(timesteps):

@@ -57,12 +57,12 @@ class Progress:
         if self.callback is not None:
             self.callback(done, self.total)
 
-    def window_listener(self, offset: int, frames_begun: np.ndarray) -> Callable[[int], None] | None:
-        """For a window starting at frame `offset`: after writing step s, frames_begun[s] of its frames
-        are under way (`Pattern.frames_begun`)."""
+    def window_listener(self, offset: int, frames_done: np.ndarray) -> Callable[[int], None] | None:
+        """For a window starting at frame `offset`: after writing step s, frames_done[s] of its frames
+        are generated (`Pattern.progress_frames`)."""
         if not self.active:
             return None
-        return lambda step: self.report(offset + int(frames_begun[min(step, len(frames_begun) - 1)]))
+        return lambda step: self.report(offset + int(frames_done[min(step, len(frames_done) - 1)]))
 
     def close(self) -> None:
         if self._done < self.total:
@@ -185,6 +185,9 @@ class Sampler:
         total = int(params.duration * frame_rate)
         window = int(self.config.max_duration * frame_rate)
         stride = int(params.extend_stride * frame_rate)
+        if total > window and not 0 < stride < window:
+            raise ValueError(f"extend_stride ({params.extend_stride} s) must be at least one frame and shorter "
+                             f"than the model's window ({self.config.max_duration} s) to generate past it")
         progress = progress or Progress(total)
         use_cfg = params.guidance.enabled
 
@@ -226,7 +229,7 @@ class Sampler:
         padded = bucket(steps, self.bucket_frames, c.codebook_pattern(window).num_steps)
         buffer = jnp.pad(buffer, ((0, 0), (0, 0), (0, padded - steps)), constant_values=c.special_token)
         start = first_generated_step(pattern, prompt_tokens.shape[-1])
-        listener = progress.window_listener(offset, pattern.frames_begun())
+        listener = progress.window_listener(offset, pattern.progress_frames())
         settings = DecodeSettings(
             sampling=params.sampling, guidance=params.guidance,
             prefill_length=1 if start == 1 else min(bucket(start, self.bucket_frames), padded),

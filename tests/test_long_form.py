@@ -98,3 +98,10 @@ def test_transformers_checkpoint_window_from_its_config(tmp_path):
     assert mg.generation_params.extend_stride < 10.0  # audiocraft's 18 s default would not fit
     with pytest.raises(ValueError, match="extend_stride"):
         mg.set_generation_params(extend_stride=12.0)
+    config["segment_duration"] = None
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert MusicGen.from_pretrained(tmp_path).max_duration == 30.0  # a pathlib.Path works too
+    config["segment_duration"] = "long"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="config.json: segment_duration must be a positive number"):
+        MusicGen.from_pretrained(str(tmp_path))

@@ -194,8 +194,10 @@ def test_generation_buffer_and_first_step(make):
     np.testing.assert_array_equal(buf[:, known], full[:, known])
     start = P.first_generated_step(pattern, prompt_frames)
     assert (buf[..., :start] != P.UNKNOWN).all() and (buf[..., start] == P.UNKNOWN).any()
-    begun = pattern.frames_begun()
-    assert begun[0] == 0 and begun[-1] == frames and (np.diff(begun) >= 0).all()
+    done = pattern.progress_frames()  # frames' worth of tokens placed before each step
+    assert done[0] == 0 and done[-1] == frames and (np.diff(done) >= 0).all()
+    half = np.searchsorted(done, frames // 2)
+    assert abs(half / pattern.num_steps - 0.5) < 0.25  # advances evenly, also when codebook 0 comes first
 
 
 def test_lm_config_chooses_the_pattern():
@@ -210,3 +212,10 @@ def test_lm_config_chooses_the_pattern():
     np.testing.assert_array_equal(flat.codebook_pattern(3).layout, P.unrolled_pattern(3, 4, [0, 1, 2, 3]).layout)
     with pytest.raises(ValueError, match="unknown codebook pattern"):
         dataclasses.replace(lm, pattern="spiral")
+    # bad options fail when the config is made, not at the first training step
+    with pytest.raises(ValueError, match="group_by"):
+        dataclasses.replace(lm, pattern="music_lm", pattern_options={"group_by": 0})
+    with pytest.raises(ValueError, match="bad options"):
+        dataclasses.replace(lm, pattern="unroll", pattern_options={"flatten": [0, 1, 2, 3]})
+    with pytest.raises(ValueError, match="delay pattern takes its delays"):
+        dataclasses.replace(lm, pattern_options={"delays": [0, 0, 0, 0]})

@@ -61,6 +61,24 @@ def test_greedy_generation_follows_the_teacher_forced_model(tokenizer, pattern, 
     assert len(np.unique(tokens)) > 4  # not a constant generation
 
 
+def test_window_seconds_round_trip_to_frames():
+    """A training segment of F frames, stored in seconds, is a window of F frames again."""
+    from musicgen_jax.config import seconds_for_frames
+
+    for rate in (50.0, 10.0, 4000.0):
+        assert all(int(seconds_for_frames(f, rate) * rate) == f for f in range(1, 5000))
+    assert int(29 / 50 * 50) == 28  # what a plain division gives back for 29 frames
+
+
+def test_long_form_refuses_a_stride_that_does_not_fit_the_window(tokenizer):
+    sampler = make_sampler(tokenizer)
+    window = sampler.config.max_duration
+    for stride in (window, window + 1, 1e-6):
+        params = GenerationParams(duration=2 * window, extend_stride=stride)
+        with pytest.raises(ValueError, match="extend_stride"):
+            sampler.generate(PROMPTS, params, jax.random.PRNGKey(0))
+
+
 def test_progress_reports_frames_in_order(tokenizer):
     sampler = make_sampler(tokenizer, "unroll")
     frames = 30  # 121 steps with one codebook per step: reports at steps 50 and 100
@@ -68,5 +86,6 @@ def test_progress_reports_frames_in_order(tokenizer):
     progress = Progress(frames, callback=lambda done, total: seen.append((done, total)))
     params = GenerationParams(duration=frames / sampler.config.frame_rate)
     sampler.generate(PROMPTS[:1], params, jax.random.PRNGKey(0), progress=progress)
-    begun = sampler.config.lm.codebook_pattern(frames).frames_begun()
-    assert seen == [(int(begun[50]), frames), (int(begun[100]), frames), (frames, frames)]
+    done = sampler.config.lm.codebook_pattern(frames).progress_frames()
+    assert seen == [(int(done[50]), frames), (int(done[100]), frames), (frames, frames)]
+    assert seen[0][0] == 12  # 50 steps of one token each, before step 50: 49 tokens / 4 codebooks

@@ -92,6 +92,22 @@ def test_same_seed_same_tokens():
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 
 
+def test_settings_take_numpy_scalars_and_refuse_wrong_types():
+    from musicgen_jax.config import GenerationParams
+
+    params = SamplingParams(top_k=np.int64(5), temperature=np.float32(0.5))
+    assert params == SamplingParams(top_k=5, temperature=0.5) and type(params.top_k) is int
+    with pytest.raises(ValueError, match="use_sampling"):
+        GenerationParams().with_changes(use_sampling="no")
+    with pytest.raises(ValueError, match="top_k"):
+        SamplingParams(top_k=2.5)
+    with pytest.raises(ValueError, match="cfg_coef"):
+        GenerationParams().with_changes(cfg_coef=float("nan"))
+    with pytest.raises(TypeError, match="temprature"):
+        GenerationParams().with_changes(temprature=1.0)
+    assert GenerationParams().with_changes(cfg_coef=-1.0).guidance.coef == -1.0  # audiocraft allows it
+
+
 def test_bad_params():
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=-1)

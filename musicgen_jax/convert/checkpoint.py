@@ -75,7 +75,7 @@ def _load_transformers(directory: str) -> Checkpoint:
     config = MusicGenConfig(name=_name(directory), lm=lm_config, t5=t5_config_from_hf(raw["text_encoder"]),
                             encodec=encodec_config_from_hf(raw["audio_encoder"]),
                             audio_channels=int(raw.get("decoder", {}).get("audio_channels", 1)),
-                            max_duration=float(raw.get("segment_duration", DEFAULT_WINDOW)))
+                            max_duration=_window(raw.get("segment_duration"), f"{directory}/config.json"))
     return Checkpoint(
         config=config,
         lm_params=lm_params_from_transformers(state, lm_config),
@@ -96,7 +96,7 @@ def _load_audiocraft(directory: str) -> Checkpoint:
     t5_name = audiocraft_t5_name(xp_cfg)
     t5_config, t5_params = load_t5(t5_name)
     channels = 2 if lm_config.num_codebooks == 2 * codec_config.num_codebooks else 1
-    window = float((xp_cfg.get("dataset") or {}).get("segment_duration") or DEFAULT_WINDOW)
+    window = _window((xp_cfg.get("dataset") or {}).get("segment_duration"), f"{directory}/state_dict.bin xp.cfg")
     config = MusicGenConfig(name=_name(directory), lm=lm_config, t5=t5_config, encodec=codec_config,
                             audio_channels=channels, max_duration=window, t5_name=t5_name)
     guidance = xp_cfg.get("classifier_free_guidance") or {}
@@ -118,6 +118,19 @@ def _hf_generation_changes(directory: str) -> dict[str, Any]:
     if g.get("top_p") is not None and float(g["top_p"]) < 1.0:
         changes["top_p"] = float(g["top_p"])
     return changes
+
+
+def _window(value, where: str) -> float:
+    """A training segment in seconds (absent: the official models' 30 s), or a clear error."""
+    if value is None:
+        return DEFAULT_WINDOW
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{where}: segment_duration must be a positive number of seconds, got {value!r}")
+    return seconds
 
 
 def _read_json(path: str) -> Mapping[str, Any]:

@@ -329,9 +329,12 @@ def lm_state_dict(params: Any, config: LMConfig, layout: str = "transformers") -
 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown checkpoint layout {layout!r} (one of {sorted(LAYOUTS)})")
-    if layout == "transformers" and config.pattern != "delay":
-        raise ValueError(f"transformers' MusicGen only knows the delay pattern; this LM uses {config.pattern!r} "
-                         "(keep its training checkpoint, or train with the delay pattern to export)")
+    k = config.num_codebooks
+    if layout == "transformers" and (config.pattern != "delay" or config.delays not in (
+            tuple(range(k)), tuple(q // 2 for q in range(k)))):
+        raise ValueError("transformers' MusicGen only knows the delay pattern with delays q (mono) or q // 2 "
+                         f"(stereo); this LM uses {config.pattern!r} with delays {config.delays} (keep its "
+                         "training checkpoint, or train with the standard delays to export)")
     flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, jax.device_get(params)))
     return L.write(LAYOUTS[layout], flat, lm_param_specs(config), config)
 

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 from musicgen_jax import sharding as S
+from musicgen_jax.config import seconds_for_frames
 from musicgen_jax.train import distributed
 from musicgen_jax.train import metrics as M
 from musicgen_jax.train import trainer as T
@@ -47,7 +48,7 @@ class Trainer:
                               process_index=jax.process_index(), process_count=jax.process_count(),
                               prefetch=cfg.data.prefetch)
         # the training segment is the model's generation window (audiocraft's max_duration); export records it
-        window = self.data.frames / self.data.info.frame_rate
+        window = seconds_for_frames(self.data.frames, self.data.info.frame_rate)
         self.model = dataclasses.replace(self.model, config=dataclasses.replace(self.model.config, max_duration=window))
         self.checkpointer = None
         if cfg.checkpoint.dir:
