@@ -350,9 +350,3 @@ class GenerationParams:
             raise TypeError(f"unknown generation parameter(s): {', '.join(unknown)}")
         return dataclasses.replace(self, sampling=dataclasses.replace(self.sampling, **sampling),
                                    guidance=dataclasses.replace(self.guidance, **guidance), **changes)
-
-    def as_dict(self) -> dict:
-        """The flat audiocraft-style view (use_sampling, temperature, top_k, top_p, cfg_coef, ...)."""
-        return dict(duration=self.duration, extend_stride=self.extend_stride,
-                    **dataclasses.asdict(self.sampling), cfg_coef=self.guidance.coef,
-                    two_step_cfg=self.guidance.two_step)

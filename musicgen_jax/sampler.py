@@ -199,15 +199,14 @@ class Sampler:
 
         per_window = melody is not None and isinstance(melody, list) and total > window
         conditions = None if per_window else conditions_at(None)
-        pieces = [] if prompt_tokens is None else [prompt_tokens]
+        pieces = []  # the first window whole (with any audio prompt), then each later window's new frames
         offset = 0
         while True:
             frames = min(total - offset, window)
             key, sub = jax.random.split(key) if total > window else (key, key)
             window_conditions = conditions_at(offset) if per_window else conditions
             generated = self._window(window_conditions, prompt_tokens, frames, sub, params, progress, offset)
-            done = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
-            pieces.append(generated[:, :, done:])
+            pieces.append(generated[:, :, prompt_tokens.shape[-1]:] if pieces else generated)
             if offset + frames >= total:
                 break
             prompt_tokens = generated[:, :, stride:]
