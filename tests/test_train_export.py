@@ -74,8 +74,9 @@ def test_export_refuses_mismatched_models(base, tmp_path):
         lm_state_dict(model.pretrained, dataclasses.replace(model.config.lm, pattern="unroll"))
 
 
-def test_cli_prepare_and_export_checkpoint(base, tmp_path):
-    """`prepare` with the codec of a MusicGen checkpoint, and `export` of a training checkpoint."""
+def test_cli_prepare_and_export_checkpoint(base, tmp_path, monkeypatch):
+    """`prepare` with the codec of a MusicGen checkpoint, and `export` of a training checkpoint given by
+    relative paths (from the working directory)."""
     from musicgen_jax import cli
     from musicgen_jax.train.checkpoint import Checkpointer
     from musicgen_jax.train.config import load_config, to_dict
@@ -92,10 +93,11 @@ def test_cli_prepare_and_export_checkpoint(base, tmp_path):
     cfg = load_config(None, [f"model.init_from={base}", "steps=10"])
     model = build_model(cfg.model)
     state, _ = T.create_state(model, cfg.optim, cfg.steps, single_device_mesh())
-    ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+    monkeypatch.chdir(tmp_path)
+    ckpt = Checkpointer("ckpt", async_save=False)
     ckpt.save(3, state, {"config": to_dict(cfg), "data": {}, "max_duration": 0.1}, force=True)
     ckpt.close()
-    assert cli.main(["export", str(tmp_path / "ckpt"), str(tmp_path / "export")]) == 0
+    assert cli.main(["export", "ckpt", "export"]) == 0
     from musicgen_jax.convert.lm import load_transformers_lm
 
     _, exported = load_transformers_lm(str(tmp_path / "export"))

@@ -39,7 +39,7 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(str(path), ["optim.lrr=1"])
     with pytest.raises(ValueError, match="cannot read 'fast' as float"):
         load_config(None, ["optim.lr=fast"])
-    with pytest.raises(ValueError, match="multiple of accum_steps"):
+    with pytest.raises(ValueError, match="multiple of optim.accum_steps"):
         load_config(None, ["data.batch_size=6", "optim.accum_steps=4"])
 
 

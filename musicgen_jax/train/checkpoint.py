@@ -6,9 +6,11 @@ A checkpoint step holds two items:
 
 Restoring goes newest first onto an abstract, sharded target (no unsharded copy). A step that fails
 to read (missing or truncated files: a partial copy) or whose data does not match its checksums
-(silent corruption) is reported and skipped; the previous step is used instead. Unfinished saves
-(orbax's temporary directories, left by a crash mid-save) are never listed as steps and are removed
-when the manager starts.
+(silent corruption) is reported and skipped; the previous step is used instead, and the bad step is
+moved aside to `<dir>/corrupt/<step>-<time>` (kept for inspection, no longer a step, so that the run
+can save that step number again). Unfinished saves (orbax's temporary directories, left by a crash
+mid-save) are never listed as steps and are removed when the manager starts. A relative directory is
+taken from the working directory (orbax needs absolute paths).
 
 Checksums are the wrap-around sums of each leaf's bits as uint32: exact integer arithmetic, so they
 do not depend on the sharding or the reduction order, and any flipped bit changes them.
@@ -18,11 +20,16 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from etils import epath
+
+from musicgen_jax.train import distributed
+from musicgen_jax.train.config import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +67,20 @@ class Checkpointer:
                                                enable_async_checkpointing=async_save and not read_only,
                                                cleanup_tmp_directories=not read_only, create=not read_only,
                                                read_only=read_only)
-        self.directory, self.every = directory, every
+        directory = resolve_path(directory)
+        self.directory, self.every, self.read_only = directory, every, read_only
         self.manager = ocp.CheckpointManager(directory, item_names=("state", "meta"), options=options)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def due(self, step: int) -> bool:
+        """Whether `step` is one the schedule saves (a multiple of `every`)."""
+        return step % self.every == 0
+
     def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
-        """Save if `step` is a multiple of `every` or `force`; returns whether a save started."""
-        if not force and step % self.every:
+        """Save if `step` is due or `force`; returns whether a save started."""
+        if not force and not self.due(step):
             return False
         meta = dict(meta, step=int(step), checksums=checksums(state))
         return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -87,15 +99,38 @@ class Checkpointer:
 
     def restore_latest(self, target: Any) -> tuple[Any, dict[str, Any]] | None:
         """The newest readable, intact checkpoint restored onto `target` (ShapeDtypeStructs with
-        shardings), as (state, meta); None when there is none. Bad steps are logged and skipped."""
+        shardings), as (state, meta); None when there is none. Bad steps are logged and skipped, and
+        moved aside unless read-only."""
         self.manager.reload()
+        bad, restored = [], None
         for step in reversed(self.steps()):
             try:
-                return self._restore_step(step, target)
+                restored = self._restore_step(step, target)
+                break
             except Exception as e:  # orbax/tensorstore raise many types for unreadable data
                 log.warning("checkpoint step %d in %s is unusable (%s: %s); trying the previous one",
-                            step, self.directory, type(e).__name__, str(e).splitlines()[0][:300])
-        return None
+                            step, self.directory, type(e).__name__, (str(e).splitlines() or [""])[0][:300])
+                bad.append(step)
+        if not self.read_only:
+            self._set_aside(bad)
+        return restored
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Move unusable steps to <dir>/corrupt/<step>-<time> (process 0; the others wait for it)."""
+        if steps and jax.process_index() == 0:
+            aside = epath.Path(self.directory) / "corrupt"
+            aside.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for step in steps:
+                target, n = aside / f"{step}-{stamp}", 1
+                while target.exists():
+                    target, n = aside / f"{step}-{stamp}-{n}", n + 1
+                (epath.Path(self.directory) / str(step)).rename(target)
+                log.warning("moved unusable checkpoint step %d to %s (kept for inspection; delete it when "
+                            "not needed)", step, target)
+        distributed.barrier("musicgen_jax:checkpoint-set-aside")
+        if steps:
+            self.manager.reload()
 
     def latest_meta(self) -> dict[str, Any] | None:
         """The metadata of the newest step that has readable metadata (no state is read)."""

@@ -4,10 +4,56 @@ imports this module only when one of them runs):
     musicgen-jax prepare AUDIO_DIR OUT_DIR [--codec facebook/encodec_32khz] [--segment-seconds 30] ...
     musicgen-jax train --config configs/train/small.yaml [section.key=value ...]
     musicgen-jax export CHECKPOINT_DIR OUT_DIR [--base facebook/musicgen-small] [--no-ema]
+
+While one runs, the library's INFO messages ("resumed from step N", skipped files) go to stderr: a
+handler on the `musicgen_jax` logger, since jax / absl configure the root logger before us (so that
+`logging.basicConfig` would do nothing).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import sys
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a message comes (captured output, tqdm)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+@contextlib.contextmanager
+def _messages_shown():
+    """musicgen_jax's INFO and above on stderr during a command; the logger is restored after."""
+    logger = logging.getLogger("musicgen_jax")
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the root logger's handlers would print them a second time
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def _command(fn):
+    @functools.wraps(fn)
+    def run(args) -> int:
+        with _messages_shown():
+            return fn(args)
+
+    return run
 
 
 def _load_codec(name: str, channels: int | None):
@@ -16,6 +62,7 @@ def _load_codec(name: str, channels: int | None):
     return CompressionModel.from_pretrained(name, audio_channels=channels)
 
 
+@_command
 def prepare_command(args) -> int:
     from musicgen_jax.train.prepare import PrepareOptions, prepare
 
@@ -31,19 +78,24 @@ def prepare_command(args) -> int:
     return 0
 
 
+@_command
 def train_command(args) -> int:
     from musicgen_jax.train.config import load_config
-    from musicgen_jax.train.loop import train
+    from musicgen_jax.train.loop import TrainingDiverged, train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
-    history = train(cfg)
+    try:
+        history = train(cfg)
+    except TrainingDiverged as e:
+        print(f"musicgen-jax: error: {e}", file=sys.stderr)
+        return 1
     if history:
         last = history[-1]
         print(f"step {int(last['step'])}: loss {last['loss']:.4f}")
     return 0
 
 
+@_command
 def export_command(args) -> int:
     from musicgen_jax.train.export import export_checkpoint
 

@@ -4,105 +4,195 @@
 
 Every key of the YAML must name a field (typos are errors, not silently ignored). Values given on the
 command line are parsed as YAML and converted to the field's type (so `optim.lr=3e-4` is a float,
-although YAML 1.1 would read it as a string).
+although YAML 1.1 would read it as a string). Numeric settings are checked when a section is made
+(finite, in range: "optim.lr must be a finite number > 0, got nan"). Local paths are made absolute
+against the working directory when a config is built from YAML or a dict, so that the config stored
+in a checkpoint still finds them from elsewhere; URLs (gs://...) and hub names stay as they are.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import yaml
 
 
 @dataclass(frozen=True)
-class ModelSection:
+class Bounds:
+    """The allowed values of a numeric field (None: unbounded on that side; `also`: values allowed
+    outside the range, such as -1 for "the rest of the devices")."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    also: tuple[int, ...] = ()
+
+    def holds(self, v: float) -> bool:
+        if v in self.also:
+            return True
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+    def describe(self) -> str:
+        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if low and high:
+            text = f"in {low}, {high}"
+        elif low:
+            text = (">= " if low[0] == "[" else "> ") + low[1:]
+        else:
+            text = ("<= " if high[-1] == "]" else "< ") + high[:-1]
+        return text + "".join(f" or {a}" for a in self.also)
+
+
+def _num(default, **bounds):
+    """A numeric field checked against Bounds(**bounds) when its section is made."""
+    return field(default=default, metadata={"bounds": Bounds(**bounds)})
+
+
+def _path(default=None, *, hub: bool = False):
+    """A path field, made absolute when the config is built (`hub`: may also be a hub name; resolved
+    only when it exists locally)."""
+    return field(default=default, metadata={"path": "hub" if hub else "local"})
+
+
+def resolve_path(path: str) -> str:
+    """A local path made absolute against the working directory (`~` expanded); URLs unchanged."""
+    if "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_number(value: Any, bounds: Bounds, hint: Any, key: str) -> None:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if value is None and args:
+        return  # optional and unset
+    integer = (args[0] if args else hint) is int
+    kind = "an integer" if integer else "a finite number"
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
+    if isinstance(value, bool) or not ok or not bounds.holds(value):
+        raise ValueError(f"{key} must be {kind} {bounds.describe()}, got {value!r}")
+
+
+class _Checked:
+    """Checks the fields declared with `_num` when a section is made; KEY names the section."""
+
+    KEY: ClassVar[str] = ""
+
+    def __post_init__(self):
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):
+            if "bounds" in f.metadata:
+                key = f"{self.KEY}.{f.name}" if self.KEY else f.name
+                _check_number(getattr(self, f.name), f.metadata["bounds"], hints[f.name], key)
+
+
+@dataclass(frozen=True)
+class ModelSection(_Checked):
     """What is trained. `init_from` (a MusicGen checkpoint: hub name or directory, either layout)
     fine-tunes; otherwise a `preset` is initialised from scratch with a pretrained T5."""
 
+    KEY: ClassVar[str] = "model"
+
     preset: str = "tiny"  # musicgen-small | medium | large | melody | stereo-* | tiny | tiny-melody
     lm_overrides: dict[str, Any] | None = None  # LMConfig fields changed from the preset (dim, num_layers...)
-    init_from: str | None = None
-    t5: str = "t5-base"  # text encoder for scratch runs; "random" (tests) draws a random one
-    tokenizer: str | None = None  # spiece.model (or a dir); default: from init_from / t5
+    init_from: str | None = _path(hub=True)
+    t5: str = _path("t5-base", hub=True)  # text encoder for scratch runs; "random" (tests) draws a random one
+    tokenizer: str | None = _path(hub=True)  # spiece.model (or a dir); default: from init_from / t5
     dtype: str = "float32"  # compute dtype; "bfloat16" on accelerators (params stay float32)
     remat: bool = False  # rematerialise each layer in the backward pass
     seed: int = 0
 
 
 @dataclass(frozen=True)
-class DataSection:
-    train: str = ""  # directory written by `musicgen-jax prepare` (holds index.json)
-    batch_size: int = 192  # global batch (all processes, all micro-batches)
-    segment_seconds: float | None = None  # random crop of the stored segments; None: whole segment
-    max_text_tokens: int = 64  # captions are padded / cut to this many T5 tokens (static shapes)
+class DataSection(_Checked):
+    KEY: ClassVar[str] = "data"
+    train: str = _path("")  # directory written by `musicgen-jax prepare` (holds index.json)
+    batch_size: int = _num(192, ge=1)  # global batch (all processes, all micro-batches)
+    segment_seconds: float | None = _num(None, gt=0)  # random crop of the stored segments; None: whole segment
+    max_text_tokens: int = _num(64, ge=1)  # captions are padded / cut to this many T5 tokens (static shapes)
     seed: int = 0  # shuffling and cropping
-    prefetch: int = 2  # batches prepared ahead by grain's threads (0: none)
+    prefetch: int = _num(2, ge=0)  # batches prepared ahead by grain's threads (0: none)
 
 
 @dataclass(frozen=True)
-class OptimSection:
+class OptimSection(_Checked):
+    KEY: ClassVar[str] = "optim"
     optimizer: str = "adamw"  # adamw | dadapt_adamw (D-Adaptation, the paper's choice for 300M)
-    lr: float = 1e-4
-    warmup_steps: int = 4000
-    lr_min_ratio: float = 0.0  # cosine decays to lr * lr_min_ratio at `train.steps`
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0  # global-norm clipping (0: off)
-    accum_steps: int = 1  # micro-batches per update (scan inside the step)
-    ema_decay: float = 0.99  # 0: no EMA
-    ema_every: int = 1  # EMA update period in steps (audiocraft: 10)
-    cond_dropout: float = 0.3  # classifier-free guidance: all conditions -> null (0.2 for melody)
+    lr: float = _num(1e-4, gt=0)
+    warmup_steps: int = _num(4000, ge=0)
+    lr_min_ratio: float = _num(0.0, ge=0, le=1)  # cosine decays to lr * lr_min_ratio at `train.steps`
+    b1: float = _num(0.9, ge=0, lt=1)
+    b2: float = _num(0.95, ge=0, lt=1)
+    eps: float = _num(1e-8, gt=0)
+    weight_decay: float = _num(0.1, ge=0)
+    grad_clip: float = _num(1.0, ge=0)  # global-norm clipping (0: off)
+    accum_steps: int = _num(1, ge=1)  # micro-batches per update (scan inside the step)
+    ema_decay: float = _num(0.99, ge=0, le=1)  # 0: no EMA
+    ema_every: int = _num(1, ge=1)  # EMA update period in steps (audiocraft: 10)
+    cond_dropout: float = _num(0.3, ge=0, lt=1)  # classifier-free guidance: all conditions -> null (0.2 for melody)
 
 
 @dataclass(frozen=True)
-class MeshSection:
+class MeshSection(_Checked):
     """Device mesh sizes; one of them may be -1 (the rest of the devices)."""
 
-    data: int = -1
-    fsdp: int = 1
-    tensor: int = 1
-    num_devices: int | None = None  # use only the first N devices (single process); None: all
+    KEY: ClassVar[str] = "mesh"
+    data: int = _num(-1, ge=1, also=(-1,))
+    fsdp: int = _num(1, ge=1, also=(-1,))
+    tensor: int = _num(1, ge=1, also=(-1,))
+    num_devices: int | None = _num(None, ge=1)  # use only the first N devices (single process); None: all
 
 
 @dataclass(frozen=True)
-class CheckpointSection:
-    dir: str | None = None  # None: no checkpoints
-    every: int = 1000
-    keep: int = 3
+class CheckpointSection(_Checked):
+    KEY: ClassVar[str] = "checkpoint"
+    dir: str | None = _path()  # None: no checkpoints
+    every: int = _num(1000, ge=1)
+    keep: int = _num(3, ge=1)
     async_save: bool = True
-    export_dir: str | None = None  # transformers-layout export at the end of training
-    export_base: str | None = None  # checkpoint whose text encoder / codec the export reuses
+    export_dir: str | None = _path()  # transformers-layout export at the end of training
+    export_base: str | None = _path(hub=True)  # checkpoint whose text encoder / codec the export reuses
 
 
 @dataclass(frozen=True)
-class LogSection:
-    every: int = 10
-    tensorboard: str | None = None  # event dir; default <checkpoint.dir>/tensorboard
-    jsonl: str | None = None  # also append every step's metrics to this file (process 0)
+class LogSection(_Checked):
+    KEY: ClassVar[str] = "log"
+    every: int = _num(10, ge=1)
+    tensorboard: str | None = _path()  # event dir; default <checkpoint.dir>/tensorboard
+    jsonl: str | None = _path()  # also append every step's metrics to this file (process 0)
     progress: bool = True  # tqdm bar
-    peak_tflops: float | None = None  # per device, for MFU; default from the device kind
+    peak_tflops: float | None = _num(None, gt=0)  # per device, for MFU; default from the device kind
 
 
 @dataclass(frozen=True)
-class DistributedSection:
+class DistributedSection(_Checked):
     """jax.distributed.initialize arguments; leave all None on a single host (or on TPU/SLURM, where
     `enabled: true` lets JAX discover them)."""
 
+    KEY: ClassVar[str] = "distributed"
     enabled: bool = False
     coordinator: str | None = None  # host:port of process 0
-    num_processes: int | None = None
-    process_id: int | None = None
+    num_processes: int | None = _num(None, ge=1)
+    process_id: int | None = _num(None, ge=0)
     cpu_collectives: str | None = None  # "gloo" for multi-process CPU runs
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 1000  # total updates (the learning-rate schedule spans them)
-    stop_after: int | None = None  # end this invocation after N more steps (time-limited jobs); resume later
+class TrainConfig(_Checked):
+    steps: int = _num(1000, ge=1)  # total updates (the learning-rate schedule spans them)
+    stop_after: int | None = _num(None, ge=1)  # end this invocation after N more steps (time-limited jobs)
     # XLA options for the compiled init and train step, e.g. {xla_backend_optimization_level: 0} to
     # halve CPU compile times in tests; None: XLA's defaults
     compiler_options: dict[str, Any] | None = None
@@ -115,40 +205,35 @@ class TrainConfig:
     distributed: DistributedSection = field(default_factory=DistributedSection)
 
     def __post_init__(self):
+        super().__post_init__()
         o = self.optim
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.stop_after is not None and self.stop_after < 1:
-            raise ValueError(f"stop_after must be >= 1, got {self.stop_after}")
-        if o.accum_steps < 1 or self.data.batch_size % o.accum_steps:
-            raise ValueError(f"batch_size {self.data.batch_size} must be a multiple of accum_steps {o.accum_steps}")
-        if not 0 <= o.cond_dropout < 1:
-            raise ValueError(f"cond_dropout must be in [0, 1), got {o.cond_dropout}")
+        if self.data.batch_size % o.accum_steps:
+            raise ValueError(f"data.batch_size {self.data.batch_size} must be a multiple of optim.accum_steps "
+                             f"{o.accum_steps}")
         if o.optimizer not in ("adamw", "dadapt_adamw"):
-            raise ValueError(f"unknown optimizer {o.optimizer!r} (adamw or dadapt_adamw)")
+            raise ValueError(f"optim.optimizer must be adamw or dadapt_adamw, got {o.optimizer!r}")
         if self.model.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"model.dtype must be float32 or bfloat16, got {self.model.dtype!r}")
 
 
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """A YAML value -> the field's type (int, float, bool, str, optional thereof)."""
+    """A YAML value -> the field's type (int, float, bool, str, dict, optional thereof)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     base = args[0] if args else hint
     if value is None:
         if args or hint is Any:
             return None
         raise ValueError(f"{where} may not be null")
+    origin = typing.get_origin(base) or base
     try:
         if base is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
+            if isinstance(value, bool):
+                return value
+            if not isinstance(value, (str, int)) or str(value).lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return str(value).lower() in ("true", "1", "yes")
+        if isinstance(value, (bool, dict, list)) and origin is not dict:
+            raise ValueError
         if base in (int, float):
             out = base(value)
             if base is int and isinstance(value, float) and value != out:
@@ -156,8 +241,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return out
         if base is str:
             return str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: cannot read {value!r} as {base.__name__}") from None
+        if origin is dict and not isinstance(value, dict):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        name = "a mapping" if origin is dict else getattr(base, "__name__", str(base))
+        raise ValueError(f"{where}: cannot read {value!r} as {name}") from None
     return value
 
 
@@ -165,18 +253,22 @@ def _build(cls, raw: dict[str, Any], where: str):
     if not isinstance(raw, dict):
         raise ValueError(f"{where or 'config'} must be a mapping, got {type(raw).__name__}")
     hints = _hints(cls)
-    unknown = sorted(set(raw) - set(hints))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ValueError(f"unknown key(s) in {where or 'config'}: {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(hints))}")
+        raise ValueError(f"unknown key(s) in {where or 'config'}: {', '.join(map(str, unknown))}; "
+                         f"known: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in raw.items():
-        hint = hints[name]
+        hint, kind = hints[name], fields[name].metadata.get("path")
         path = f"{where}.{name}" if where else name
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, path)
-        else:
-            kwargs[name] = _coerce(value, hint, path)
+            kwargs[name] = _build(hint, {} if value is None else value, path)
+            continue
+        value = _coerce(value, hint, path)
+        if kind and value and (kind == "local" or os.path.exists(os.path.expanduser(value))):
+            value = resolve_path(value)
+        kwargs[name] = value
     return cls(**kwargs)
 
 
@@ -187,21 +279,57 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     parts = key.strip().split(".")
     node = raw
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ValueError(f"override {override!r}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {override!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong, and where when yaml says (lines from 1)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    """A recipe file -> its top-level mapping, or an error naming the file (and the line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"training config not found: {path}") from None
+    except OSError as e:
+        raise ValueError(f"cannot read training config {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"training config {path} is not UTF-8 text (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"training config {path} is not valid YAML: {_yaml_problem(e)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"training config {path}: the top level must be a mapping of settings "
+                         f"(steps: ..., optim: {{lr: ...}}, ...), got a {type(raw).__name__}")
+    return raw
 
 
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """YAML file (or nothing: the defaults) + overrides -> TrainConfig."""
-    raw: dict[str, Any] = {}
-    if path:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+    """YAML file (or nothing: the defaults) + overrides -> TrainConfig; ValueError naming the file and
+    the key for a bad setting."""
+    raw = _read_yaml(path) if path else {}
     for override in overrides:
         _apply_override(raw, override)
-    return _build(TrainConfig, raw, "")
+    try:
+        return _build(TrainConfig, raw, "")
+    except ValueError as e:
+        if not path:
+            raise
+        raise ValueError(f"training config {path}{' + overrides' if overrides else ''}: {e}") from None
 
 
 def from_dict(raw: dict[str, Any]) -> TrainConfig:

@@ -28,3 +28,11 @@ def initialize(section: DistributedSection) -> None:
         kwargs["process_id"] = section.process_id
     jax.distributed.initialize(**kwargs)
     _initialized = True
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier `name` (a no-op in a single-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -10,7 +10,7 @@ t5-base and encodec_32khz; a fine-tuning run's own starting checkpoint is the na
 the run trained with: this is checked.
 
 config.json also records the training window as a top-level "segment_duration" (seconds,
-`MusicGenConfig.max_duration`).
+`MusicGenConfig.max_duration`). Weights that are not finite (a diverged run) are refused.
 """
 from __future__ import annotations
 
@@ -61,9 +61,22 @@ def _check_text_encoder(state: dict[str, np.ndarray], config: MusicGenConfig, t5
         raise ValueError(f"the text encoder of export base {base_dir} is not the one this model was trained with")
 
 
+def check_finite(params: Any) -> None:
+    """ValueError naming the first tensor of `params` that holds NaN or infinite values."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        finite = np.isfinite(np.asarray(leaf))
+        if not finite.all():
+            name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+            raise ValueError(f"refusing to export non-finite weights: {name} holds {finite.size - finite.sum()} "
+                             f"NaN or infinite value(s) of {finite.size} (the run diverged: export an earlier "
+                             "checkpoint)")
+
+
 def export_transformers(out_dir: str, config: MusicGenConfig, lm_params: Any, t5_params: Any, base: str) -> str:
     """Write config.json + model.safetensors (+ tokenizer files) to `out_dir`; returns it."""
     from safetensors.numpy import save_file
+
+    check_finite(lm_params)
 
     from musicgen_jax import hub
     from musicgen_jax.convert.common import load_transformers_weights

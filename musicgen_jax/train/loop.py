@@ -4,14 +4,17 @@
     history = trainer.run()          # [{'step': 1, 'loss': ..., 'ce/0': ..., ...}, ...]
 
 Resume is automatic: when `checkpoint.dir` holds a usable checkpoint, the state, the data iterator
-and the step counter continue from it, and the losses that follow are those of an uninterrupted run.
-SIGTERM saves a checkpoint at the next step boundary and returns.
+and the step counter continue from it, and the losses that follow are those of an uninterrupted run
+(the rows of `log.jsonl` after the restored step are dropped: they are run again). SIGTERM saves a
+checkpoint at the next step boundary and returns. A step whose loss or gradient norm is not finite
+stops the run (TrainingDiverged) before any state from it is saved: the metrics of every step are
+checked before each checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
-
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -29,6 +32,10 @@ from musicgen_jax.train.data import TrainData
 from musicgen_jax.train.model import TrainModel, build_model
 
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """A step's loss or gradient norm is NaN or infinite; the run stopped without saving that state."""
 
 
 class Trainer:
@@ -71,10 +78,10 @@ class Trainer:
             if restored is not None:
                 state, meta = restored
                 self.data.set_state(meta["data"])
-                log.info("resumed from step %d of %s", meta["step"], cfg.checkpoint.dir)
+                log.info("resumed from step %d of %s", meta["step"], self.checkpointer.directory)
                 self._saved_step = meta["step"]
                 return state, shardings
-            log.warning("no usable checkpoint in %s: starting from scratch", cfg.checkpoint.dir)
+            log.warning("no usable checkpoint in %s: starting from scratch", self.checkpointer.directory)
         return T.create_state(self.model, cfg.optim, cfg.steps, self.mesh, cfg.model.seed, cfg.compiler_options)
 
     @property
@@ -100,27 +107,42 @@ class Trainer:
 
     def run(self, stop_at: int | None = None) -> list[dict[str, float]]:
         """Train until `cfg.steps`, `stop_at`, `cfg.stop_after` more steps, or a SIGTERM.
-        Returns the metrics of every step run."""
+        Returns the metrics of every step run; raises TrainingDiverged (see module doc)."""
         cfg = self.cfg
         limits = [cfg.steps, stop_at, None if cfg.stop_after is None else self.step + cfg.stop_after]
         last = min(x for x in limits if x is not None)
         reporter = _Reporter(self, last)
-        with PreemptionGuard() as guard:
-            while self.step < last:
-                batch = S.global_batch(next(self.data), self.mesh)
-                self.state, step_metrics = self.step_fn(self.state, batch, self.t5_params)
-                self._step = step = self.step + 1
-                reporter.add(step, step_metrics, timed=step % cfg.log.every == 0 or step == last)
-                self.save()
-                if guard.should_stop(step):
-                    reporter.add(step, None, timed=False)
-                    self.save(force=True)
-                    break
-        if self.checkpointer is not None:
-            if self.step >= last:
-                self.save(force=True)
-            self.checkpointer.wait()
-        return reporter.close()
+        try:
+            with PreemptionGuard() as guard:
+                while self.step < last:
+                    batch = S.global_batch(next(self.data), self.mesh)
+                    self.state, step_metrics = self.step_fn(self.state, batch, self.t5_params)
+                    self._step = step = self.step + 1
+                    self._check(reporter.add(step, step_metrics, timed=step % cfg.log.every == 0 or step == last))
+                    stop = guard.should_stop(step)
+                    if stop or step == last or (self.checkpointer is not None and self.checkpointer.due(step)):
+                        self._check(reporter.flush())  # every step before a checkpoint is checked
+                        self.save(force=stop or step == last)
+                    if stop:
+                        break
+        finally:
+            if self.checkpointer is not None:
+                self.checkpointer.wait()  # saves of earlier (good) steps complete, whatever happened
+            reporter.close()
+        return reporter.history
+
+    def _check(self, rows: list[dict[str, float]]) -> None:
+        """TrainingDiverged at the first row whose loss or gradient norm is not finite."""
+        for row in rows:
+            bad = {k: row[k] for k in ("loss", "grad_norm") if k in row and not math.isfinite(row[k])}
+            if bad:
+                shown = ", ".join(f"{k} {v}" for k, v in bad.items())
+                saved = (f"the last checkpoint is step {self._saved_step} in {self.checkpointer.directory}"
+                         if self._saved_step is not None else "no checkpoint was saved")
+                raise TrainingDiverged(
+                    f"training diverged at step {int(row['step'])}: {shown} (not finite). Stopped without "
+                    f"saving this state; {saved}. Lower optim.lr, raise optim.warmup_steps or keep "
+                    f"optim.grad_clip on, then resume.")
 
     def close(self) -> None:
         if self.checkpointer is not None:
@@ -140,26 +162,28 @@ class _Reporter:
         self.peak = M.peak_flops(override_tflops=cfg.log.peak_tflops)
         events = cfg.log.tensorboard or (os.path.join(cfg.checkpoint.dir, "tensorboard") if cfg.checkpoint.dir
                                          else None)
-        self.sink = M.MetricSink(events, cfg.log.jsonl)
+        self.sink = M.MetricSink(events, cfg.log.jsonl, resumed_step=trainer.step)
         self.bar = _progress(cfg.log.progress, trainer.step, last)
         self.history: list[dict[str, float]] = []
         self.pending: list[Any] = []
         self.tick = time.perf_counter()
 
-    def add(self, step: int, metrics: Any, *, timed: bool) -> None:
-        """Queue one step's device metrics (None: nothing new); report the queue when `timed`, or
-        when metrics is None (the run stops early)."""
-        if metrics is not None:
-            self.pending.append(metrics)
-        if not self.pending or not (timed or metrics is None):
-            return
+    def add(self, step: int, metrics: Any, *, timed: bool) -> list[dict[str, float]]:
+        """Queue step `step`'s device metrics; when `timed`, report the queue with its speed. Returns
+        the rows reported (none until a report)."""
+        self.pending.append((step, metrics))
+        return self.flush(timed=True) if timed else []
+
+    def flush(self, *, timed: bool = False) -> list[dict[str, float]]:
+        """Report the queued steps (one device sync) -> their rows."""
+        if not self.pending:
+            return []
         now = time.perf_counter()
         seconds = (now - self.tick) / len(self.pending) if timed else None
         self.tick = now
-        rows = [M.scalars(m) for m in jax.device_get(self.pending)]
+        steps, metrics = zip(*self.pending)
+        rows = [dict(M.scalars(m), step=s) for s, m in zip(steps, jax.device_get(list(metrics)))]
         self.pending = []
-        for i, row in enumerate(rows):
-            row["step"] = step - len(rows) + 1 + i
         if seconds:
             rows[-1].update(self._speed(seconds))
         for row in rows:
@@ -167,6 +191,7 @@ class _Reporter:
         self.sink.flush()
         self._show(rows)
         self.history += rows
+        return rows
 
     def _speed(self, seconds: float) -> dict[str, float]:
         speed = {"step_seconds": seconds, "tokens_per_second": self.tokens / seconds}
@@ -187,11 +212,10 @@ class _Reporter:
             shown["mfu"] = f"{last['mfu']:.1%}"
         self.bar.set_postfix(shown)
 
-    def close(self) -> list[dict[str, float]]:
+    def close(self) -> None:
         self.sink.close()
         if self.bar is not None:
             self.bar.close()
-        return self.history
 
 
 def _mesh(cfg: TrainConfig):

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from musicgen_jax.config import LMConfig, T5Config
+from musicgen_jax.files import atomic_write
 
 # dense bf16 peak FLOP/s per device, by substrings of jax's device_kind (lower case)
 PEAK_FLOPS = (
@@ -84,11 +85,38 @@ def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def truncate_jsonl(path: str, last_step: int) -> int:
+    """Drop the rows of a metrics JSON-lines file after `last_step` (a resumed run writes them again)
+    and torn lines (a writer killed mid-line); the file is replaced atomically. -> rows dropped."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    kept = [line for line in lines if (step := _row_step(line)) is not None and step <= last_step]
+    if len(kept) == len(lines) and (not lines or lines[-1].endswith(b"\n")):
+        return 0
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.writelines(line if line.endswith(b"\n") else line + b"\n" for line in kept)
+
+    atomic_write(path, write)
+    return len(lines) - len(kept)
+
+
+def _row_step(line: bytes) -> int | None:
+    """The step of one JSON-lines row; None for a line that is not a complete row."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
 class MetricSink:
     """Process 0 writes every step's scalars to TensorBoard event files (events.py, no extra
-    dependency) and/or a JSON-lines file."""
+    dependency) and/or a JSON-lines file (its rows after `resumed_step` dropped first)."""
 
-    def __init__(self, tensorboard: str | None, jsonl: str | None = None):
+    def __init__(self, tensorboard: str | None, jsonl: str | None = None, resumed_step: int = 0):
         self.writer = self.jsonl = None
         if jax.process_index() != 0:
             return
@@ -98,6 +126,7 @@ class MetricSink:
             self.writer = EventWriter(tensorboard)
         if jsonl:
             os.makedirs(os.path.dirname(os.path.abspath(jsonl)), exist_ok=True)
+            truncate_jsonl(jsonl, resumed_step)
             self.jsonl = open(jsonl, "a")
 
     def write(self, step: int, values: Mapping[str, float]) -> None:

@@ -10,7 +10,8 @@ Each file is read, resampled to the codec's rate and channel count, cut into non
 (`segment_seconds`; a last partial segment is kept, zero-padded, when it holds at least
 `min_segment_ratio` of a segment), encoded in fixed-size jitted batches, and written as records
 (records.py). Bad inputs are reported and skipped, never fatal: unreadable or missing files, a sample
-rate below `min_sample_rate` or different from the manifest's, silence, no caption, too short.
+rate below `min_sample_rate` or different from the manifest's, silence, no caption, an unreadable
+caption (not UTF-8, bad sidecar JSON), too short.
 
 Resumable: the list of finished files is committed (atomically, with the shard list) each time a shard
 is closed; a restart skips those files and redoes the rest (an unfinished shard is discarded).
@@ -28,7 +29,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from musicgen_jax.audio import atomic_write, convert_channels, resample
+from musicgen_jax.audio import convert_channels, resample
+from musicgen_jax.files import atomic_write
 from musicgen_jax.train.records import DatasetInfo, ShardWriter, encode_record, write_index
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class Item:
     path: str
     caption: str | None
     manifest_rate: int | None = None  # the sample rate the manifest declares, when there is one
+    problem: str | None = None  # found while listing (bad manifest line, unreadable caption): skipped
 
 
 @dataclass
@@ -84,13 +87,26 @@ def _read_text(path: str) -> str | None:
         return f.read().strip()
 
 
-def _sidecar_caption(audio_path: str) -> str | None:
-    path = os.path.splitext(audio_path)[0] + ".json"
+def _sidecar_caption(path: str) -> str | None:
+    """The "description" of an audiocraft sidecar .json."""
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
         meta = json.load(f)
+    if not isinstance(meta, dict):
+        raise ValueError("not a JSON object")
     return str(meta.get("description") or "").strip()
+
+
+def _captioned(path: str, caption_file: str, read_caption, manifest_rate: int | None = None) -> Item:
+    """Item(path) with the caption `read_caption(caption_file)` gives, or the reason it cannot be read."""
+    try:
+        return Item(path, read_caption(caption_file), manifest_rate)
+    except UnicodeDecodeError as e:
+        problem = f"caption file {caption_file} is not UTF-8 text (byte {e.start})"
+    except (OSError, ValueError) as e:  # unreadable file, invalid JSON
+        problem = f"unreadable caption file {caption_file} ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    return Item(path, None, manifest_rate, problem=problem)
 
 
 def _manifest_items(manifest: str) -> Iterator[Item]:
@@ -104,14 +120,10 @@ def _manifest_items(manifest: str) -> Iterator[Item]:
                 entry = json.loads(line)
                 path = entry["path"]
             except (json.JSONDecodeError, KeyError, TypeError):
-                yield Item(f"{manifest}:{line_no}", None, -1)  # reported as a bad manifest line
+                yield Item(f"{manifest}:{line_no}", None, problem="unreadable manifest line")
                 continue
             path = path if os.path.isabs(path) else os.path.join(base, path)
-            try:
-                caption = _sidecar_caption(path)
-            except (OSError, json.JSONDecodeError):
-                caption = None
-            yield Item(path, caption, entry.get("sample_rate"))
+            yield _captioned(path, os.path.splitext(path)[0] + ".json", _sidecar_caption, entry.get("sample_rate"))
 
 
 def find_items(audio_dir: str) -> list[Item]:
@@ -126,7 +138,7 @@ def find_items(audio_dir: str) -> list[Item]:
         for name in sorted(names):
             if name.lower().endswith(AUDIO_EXTENSIONS):
                 path = os.path.join(root, name)
-                items.append(Item(path, _read_text(os.path.splitext(path)[0] + ".txt")))
+                items.append(_captioned(path, os.path.splitext(path)[0] + ".txt", _read_text))
     return items
 
 
@@ -137,8 +149,8 @@ def _load(item: Item, sample_rate: int, channels: int, opts: PrepareOptions) -> 
     """Checked, resampled audio [C, N] of one item, or SkipFile."""
     import soundfile as sf
 
-    if item.manifest_rate == -1:
-        raise SkipFile("unreadable manifest line")
+    if item.problem:
+        raise SkipFile(item.problem)
     if not item.caption:
         raise SkipFile("empty or missing caption")
     try:

@@ -87,7 +87,7 @@ class ShardWriter:
 
 
 def write_index(directory: str, info: DatasetInfo) -> None:
-    from musicgen_jax.audio import atomic_write
+    from musicgen_jax.files import atomic_write
 
     def write(tmp):
         with open(tmp, "w") as f:
