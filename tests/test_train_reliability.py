@@ -89,6 +89,19 @@ def test_corrupt_newest_checkpoint_is_moved_aside_and_the_run_continues(world, t
     assert {s: losses[s] for s in (5, 6)} == {s: reference[s] for s in (5, 6)}
 
 
+def test_a_changed_model_is_refused_and_its_checkpoints_are_kept(world, tmp_path, capsys):
+    """Checkpoints that no step of which restores onto the run (here: the model changed) are not moved
+    aside wholesale (the run would silently start over): the run stops, naming the folder."""
+    ckpt = str(tmp_path / "ckpt")
+    extra = {"checkpoint.dir": ckpt, "checkpoint.every": 2}
+    assert _train(world, stop_after=2, **extra) == 0
+    capsys.readouterr()
+    assert _train(world, stop_after=2, **extra, **{"model.lm_overrides": "{num_layers: 1}"}) == 2
+    err = capsys.readouterr().err
+    assert f"no checkpoint step in {ckpt} can be restored" in err and "use a new checkpoint.dir" in err, err
+    assert _steps(ckpt) == [2] and not os.path.exists(os.path.join(ckpt, "corrupt"))
+
+
 # ------------------------------------------------------------------------------------ settings, recipes
 
 

@@ -34,7 +34,7 @@ from musicgen_jax.train.config import resolve_path
 log = logging.getLogger(__name__)
 
 
-class CheckpointCorrupt(RuntimeError):
+class CheckpointCorrupt(ValueError):
     """A checkpoint step whose data does not match its recorded checksums."""
 
 
@@ -99,10 +99,10 @@ class Checkpointer:
 
     def restore_latest(self, target: Any) -> tuple[Any, dict[str, Any]] | None:
         """The newest readable, intact checkpoint restored onto `target` (ShapeDtypeStructs with
-        shardings), as (state, meta); None when there is none. Bad steps are logged and skipped, and
-        moved aside unless read-only."""
+        shardings), as (state, meta); None when there is none. Bad steps newer than the one restored
+        are logged, skipped and moved aside (unless read-only); when no step restores, CheckpointCorrupt."""
         self.manager.reload()
-        bad, restored = [], None
+        bad, errors, restored = [], [], None
         for step in reversed(self.steps()):
             try:
                 restored = self._restore_step(step, target)
@@ -111,6 +111,14 @@ class Checkpointer:
                 log.warning("checkpoint step %d in %s is unusable (%s: %s); trying the previous one",
                             step, self.directory, type(e).__name__, (str(e).splitlines() or [""])[0][:300])
                 bad.append(step)
+                errors.append(f"step {step}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+        if bad and restored is None:
+            # Nothing restores: more likely a run whose model or settings changed than every step
+            # corrupt. Refuse rather than move all of its progress aside and start over.
+            raise CheckpointCorrupt(
+                f"no checkpoint step in {self.directory} can be restored onto this run ({errors[0]}); if "
+                "the model or its settings changed, use a new checkpoint.dir; if the steps are damaged, "
+                "move them out of the folder to start from scratch")
         if not self.read_only:
             self._set_aside(bad)
         return restored
