@@ -1,22 +1,58 @@
 """`musicgen-jax` command line: generate | prepare | train | export | codec encode/decode/roundtrip.
 
 Every command's arguments are defined here; the training commands' handlers are imported from
-train/cli.py only when they run. `python -m musicgen_jax.cli ...` works like `musicgen-jax ...`."""
+train/cli.py only when they run. `python -m musicgen_jax.cli ...` works like `musicgen-jax ...`.
+
+Errors a user can fix (a bad argument, a missing or unwritable file, a setting out of range) end as one
+`musicgen-jax: error: ...` line on stderr and exit code 2, like argparse's own usage errors; outputs are
+checked (files.check_destination) before a model is loaded."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 import numpy as np
 
+from musicgen_jax.config import MAX_SEED, check_number, number_requirement
+
 DEFAULT_CODEC = "facebook/encodec_32khz"
+USER_ERRORS = (ValueError, TypeError, OSError)  # OSError: FileNotFoundError, PermissionError, ...
+
+
+def number_arg(low: float = -math.inf, high: float = math.inf, *, strict: bool = False, integer: bool = False):
+    """An argparse type: the text as an int/float within bounds (config.check_number), else a usage
+    error that says what is wanted, e.g. `argument --batch-size: must be an integer >= 1, got '0'`."""
+    wanted = number_requirement(low, high, strict=strict, integer=integer)
+
+    def parse(text: str):
+        try:
+            return check_number("value", int(text) if integer else float(text), low, high, strict=strict,
+                                integer=integer)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+
+    return parse
+
+
+POSITIVE_INT = number_arg(1, integer=True)
+POSITIVE = number_arg(0, strict=True)  # a finite number > 0
 
 
 def _load_codec(name: str):
     from musicgen_jax.codec import CompressionModel
 
     return CompressionModel.from_pretrained(name)
+
+
+def _codec_paths(args) -> str:
+    """Before the codec loads: the input must exist, the output be writable. -> the output's absolute path."""
+    from musicgen_jax.files import check_destination
+
+    if not os.path.isfile(args.input):
+        raise FileNotFoundError(f"input file not found: {args.input}")
+    return check_destination(args.output)
 
 
 def _read_for_codec(codec, path: str) -> np.ndarray:
@@ -29,42 +65,50 @@ def _read_for_codec(codec, path: str) -> np.ndarray:
 def codec_encode(args) -> int:
     from musicgen_jax.audio import save_npy
 
+    output = _codec_paths(args)
     codec = _load_codec(args.model)
     codes = np.asarray(codec.encode(_read_for_codec(codec, args.input)))
-    save_npy(args.output, codes)
-    print(f"{args.input} -> {args.output}: codes {codes.shape} at {codec.frame_rate:g} Hz")
+    save_npy(output, codes)
+    print(f"{args.input} -> {output}: codes {codes.shape} at {codec.frame_rate:g} Hz")
     return 0
 
 
 def codec_decode(args) -> int:
     from musicgen_jax.audio import write_wav
 
+    output = _codec_paths(args)
     codec = _load_codec(args.model)
     codes = np.load(args.input)
+    if not isinstance(codes, np.ndarray):
+        raise ValueError(f"{args.input} is not a single array (an .npz archive?): save codes with np.save")
     if codes.ndim == 2:
         codes = codes[None]
     wav = np.asarray(codec.decode(codes))[0]
-    write_wav(args.output, wav, codec.sample_rate)
-    print(f"{args.input} -> {args.output}: {wav.shape[-1] / codec.sample_rate:.2f} s at {codec.sample_rate} Hz")
+    write_wav(output, wav, codec.sample_rate)
+    print(f"{args.input} -> {output}: {wav.shape[-1] / codec.sample_rate:.2f} s at {codec.sample_rate} Hz")
     return 0
 
 
 def codec_roundtrip(args) -> int:
     from musicgen_jax.audio import write_wav
 
+    output = _codec_paths(args)
     codec = _load_codec(args.model)
     wav = _read_for_codec(codec, args.input)
     out = np.asarray(codec.decode(codec.encode(wav)))[0, :, : wav.shape[-1]]
-    write_wav(args.output, out, codec.sample_rate)
-    print(f"{args.input} -> {args.output}: {out.shape[-1] / codec.sample_rate:.2f} s through the codec")
+    write_wav(output, out, codec.sample_rate)
+    print(f"{args.input} -> {output}: {out.shape[-1] / codec.sample_rate:.2f} s through the codec")
     return 0
 
 
 def _read_prompts(args) -> list[str]:
     prompts = list(args.prompts)
     if args.prompts_file:
-        with open(args.prompts_file, encoding="utf-8") as f:
-            prompts += [line.strip() for line in f if line.strip()]
+        try:
+            with open(args.prompts_file, encoding="utf-8") as f:
+                prompts += [line.strip() for line in f if line.strip()]
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{args.prompts_file} is not UTF-8 text ({e})") from None
     if not prompts:
         raise ValueError("no prompt given: pass PROMPT arguments or --prompts-file FILE")
     return prompts
@@ -77,41 +121,57 @@ def _output_paths(out: str, count: int) -> list[str]:
     return [f"{stem}_{i}{ext or '.wav'}" for i in range(count)]
 
 
+def _settings(args) -> dict:
+    """The generation settings given on the command line (set_generation_params names)."""
+    given = dict(duration=args.duration, duration_limit=args.duration_limit, top_k=args.top_k, top_p=args.top_p,
+                 use_sampling=False if args.greedy else None, temperature=args.temperature,
+                 cfg_coef=args.cfg_coef, extend_stride=args.extend_stride)
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def generate(args) -> int:
+    """Prompts in batches of --batch-size, one progress bar over all of them. Everything that can be
+    checked without the model (settings, prompts, melody file, every output path) is checked first."""
     from musicgen_jax.audio import write_wav
+    from musicgen_jax.config import GenerationParams
+    from musicgen_jax.files import check_destination
     from musicgen_jax.musicgen import MusicGen
+    from musicgen_jax.sampler import Progress
 
     prompts = _read_prompts(args)
-    if args.duration is not None and not args.duration > 0:
-        raise ValueError(f"--duration must be > 0 seconds, got {args.duration}")
+    settings = _settings(args)
+    GenerationParams().with_changes(**settings)  # ranges and the duration limit, before the model loads
+    paths = [check_destination(p) for p in _output_paths(args.out, len(prompts))]
+    melody = None
+    if args.melody:
+        from musicgen_jax.audio import read_audio
+
+        melody = read_audio(args.melody)  # (wav [C, N], rate): resampled and mixed by the model
     mesh = None
     if args.mesh:
         from musicgen_jax.sharding import parse_mesh
 
         mesh = parse_mesh(args.mesh)
     model = MusicGen.from_pretrained(args.model, mesh=mesh)
-    model.set_generation_params(duration=args.duration, use_sampling=False if args.greedy else None,
-                                top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                                cfg_coef=args.cfg_coef, extend_stride=args.extend_stride)
-    melody = None
-    if args.melody:
-        from musicgen_jax.audio import read_audio
-
-        melody = read_audio(args.melody)  # (wav [C, N], rate): resampled and mixed by the model
-    paths = _output_paths(args.out, len(prompts))
-    for start in range(0, len(prompts), args.batch_size):
+    model.set_generation_params(**settings)
+    starts = range(0, len(prompts), args.batch_size)
+    frames = int(model.duration * model.frame_rate)  # per batch
+    progress = Progress(len(starts) * frames, bar=not args.quiet,
+                        desc=f"{len(prompts)} prompt(s) in {len(starts)} batch(es)")
+    for index, start in enumerate(starts):
         batch = prompts[start:start + args.batch_size]
-        seed = None if args.seed is None else args.seed + start
+        model.set_custom_progress_callback(lambda done, _, base=index * frames: progress.report(base + done))
+        seed = None if args.seed is None else (args.seed + start) % (MAX_SEED + 1)
         if melody is not None:
-            wav = model.generate_with_chroma(batch, [melody[0]] * len(batch), melody[1],
-                                             progress=not args.quiet, seed=seed)
+            wav = model.generate_with_chroma(batch, [melody[0]] * len(batch), melody[1], seed=seed)
         else:
-            wav = model.generate(batch, progress=not args.quiet, seed=seed)
+            wav = model.generate(batch, seed=seed)
         wav = np.asarray(wav)  # [B, C, N]
         for i, item in enumerate(wav):
             path = write_wav(paths[start + i], item, model.sample_rate)
-            print(f"{path}: {item.shape[-1] / model.sample_rate:.2f} s, {item.shape[0]} channel(s)  <- "
-                  f"{batch[i]!r}")
+            progress.write(f"{path}: {item.shape[-1] / model.sample_rate:.2f} s, {item.shape[0]} channel(s)  <- "
+                           f"{batch[i]!r}")
+    progress.close()
     return 0
 
 
@@ -134,13 +194,14 @@ def _add_training_commands(subparsers) -> None:
     prep.add_argument("out_dir", metavar="OUT_DIR")
     prep.add_argument("--codec", default="facebook/encodec_32khz",
                       help="EnCodec checkpoint, or a MusicGen checkpoint whose codec to use")
-    prep.add_argument("--channels", type=int, default=None, help="2 for stereo models (default: the codec's)")
-    prep.add_argument("--segment-seconds", type=float, default=30.0)
-    prep.add_argument("--min-segment-ratio", type=float, default=0.8,
+    prep.add_argument("--channels", type=number_arg(1, 2, integer=True), default=None,
+                      help="2 for stereo models (default: the codec's)")
+    prep.add_argument("--segment-seconds", type=POSITIVE, default=30.0)
+    prep.add_argument("--min-segment-ratio", type=number_arg(0, 1), default=0.8,
                       help="keep a last partial segment holding at least this share of a segment")
-    prep.add_argument("--batch-size", type=int, default=8, help="segments per EnCodec call")
-    prep.add_argument("--records-per-shard", type=int, default=1024)
-    prep.add_argument("--min-sample-rate", type=int, default=16000)
+    prep.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="segments per EnCodec call")
+    prep.add_argument("--records-per-shard", type=POSITIVE_INT, default=1024)
+    prep.add_argument("--min-sample-rate", type=POSITIVE_INT, default=16000)
     prep.add_argument("--chroma", action="store_true", help="store chroma for melody models")
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
     prep.set_defaults(func=_training("prepare_command"))
@@ -168,16 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompts", nargs="*", metavar="PROMPT", help="text description(s)")
     gen.add_argument("--prompts-file", help="a text file with one prompt per line")
     gen.add_argument("--model", default="facebook/musicgen-small", help="hub name or local checkpoint directory")
-    gen.add_argument("--duration", type=float, default=None, help="seconds (default: the model's, 15 s)")
-    gen.add_argument("--seed", type=int, default=None, help="random seed (same seed, same music)")
+    gen.add_argument("--duration", type=POSITIVE, default=None, help="seconds (default: the model's, 15 s)")
+    gen.add_argument("--duration-limit", type=POSITIVE, default=None,
+                     help="the most seconds one call may generate (default 600): raise it for longer pieces")
+    gen.add_argument("--seed", type=number_arg(0, MAX_SEED, integer=True), default=None,
+                     help="random seed (same seed, same music)")
     gen.add_argument("--out", default="out.wav", help="output wav; several prompts give OUT_0.wav, OUT_1.wav, ...")
-    gen.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    gen.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="prompts generated together")
     gen.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
-    gen.add_argument("--top-k", type=int, default=None)
-    gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--temperature", type=float, default=None)
-    gen.add_argument("--cfg-coef", type=float, default=None, help="classifier-free guidance (default 3)")
-    gen.add_argument("--extend-stride", type=float, default=None, help="long-form stride in seconds (18)")
+    gen.add_argument("--top-k", type=number_arg(0, integer=True), default=None, help="0: no top-k (default 250)")
+    gen.add_argument("--top-p", type=number_arg(0, 1), default=None, help="> 0: nucleus sampling, over top-k")
+    gen.add_argument("--temperature", type=number_arg(0), default=None, help="0: greedy (default 1)")
+    gen.add_argument("--cfg-coef", type=number_arg(), default=None, help="classifier-free guidance (default 3)")
+    gen.add_argument("--extend-stride", type=POSITIVE, default=None, help="long-form stride in seconds (18)")
     gen.add_argument("--melody", help="audio file whose melody (chroma) conditions a melody model")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.add_argument("--mesh", help="generate across devices, e.g. tensor=2 or data=4,tensor=2 (data: the rest); "
@@ -203,11 +267,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Runs a command; returns its exit code (2 with one `error:` line on stderr for a user error)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse printed usage and its error (2), or --help (0)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as e:
+    except KeyboardInterrupt:
+        print("musicgen-jax: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
         print(f"musicgen-jax: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"musicgen-jax: error: out of memory ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+              "try a smaller --batch-size or --duration", file=sys.stderr)
         return 2
 
 

@@ -265,20 +265,43 @@ def tiny(*, melody: bool = False, stereo: bool = False) -> MusicGenConfig:
 # of a compiled decode program; GenerationParams adds what changes between calls (duration, stride).
 
 
-def _number(name: str, value, low: float = -math.inf, *, strict: bool = False, integer: bool = False):
-    """A plain int/float (numpy scalars accepted), checked: finite, >= low (> low when strict)."""
+DEFAULT_DURATION_LIMIT = 600.0  # seconds one generate call may ask for (GenerationParams.duration_limit)
+MAX_SEED = 2 ** 32 - 1  # jax.random.PRNGKey keeps 32 bits: larger seeds would repeat smaller ones
+
+
+def number_requirement(low: float = -math.inf, high: float = math.inf, *, strict: bool = False,
+                       integer: bool = False) -> str:
+    """What `check_number` asks for, in words: 'a finite number > 0', 'an integer in [0, 10]'."""
+    kind = "an integer" if integer else "a finite number"
+    if low > -math.inf and high < math.inf:
+        return f"{kind} in {'(' if strict else '['}{low:g}, {high:g}]"
+    if low > -math.inf:
+        return f"{kind} {'>' if strict else '>='} {low:g}"
+    return kind if high == math.inf else f"{kind} <= {high:g}"
+
+
+def check_number(name: str, value, low: float = -math.inf, high: float = math.inf, *, strict: bool = False,
+                 integer: bool = False):
+    """`value` as a plain int/float (numpy scalars accepted), or ValueError naming `name` and the value:
+    finite, low <= value <= high (low < value when strict), a whole number type when `integer`."""
     kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, kind) or not math.isfinite(value) \
-            or value < low or (strict and value == low):
-        bound = "" if low == -math.inf else f" {'>' if strict else '>='} {low:g}"
-        raise ValueError(f"{name} must be a finite {'integer' if integer else 'number'}{bound}, got {value!r}")
+            or not low <= value <= high or (strict and value == low):
+        raise ValueError(f"{name} must be {number_requirement(low, high, strict=strict, integer=integer)}, "
+                         f"got {value!r}")
     return int(value) if integer else float(value)
 
 
-def _flag(name: str, value) -> bool:
+def check_flag(name: str, value) -> bool:
+    """True/False (numpy bools accepted), or ValueError naming `name`."""
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def check_seed(seed) -> int | None:
+    """None (a random seed) or an integer in [0, MAX_SEED]."""
+    return None if seed is None else check_number("seed", seed, 0, MAX_SEED, integer=True)
 
 
 def _set(obj, **values) -> None:
@@ -298,11 +321,10 @@ class SamplingParams:
     top_p: float = 0.0
 
     def __post_init__(self):
-        _set(self, use_sampling=_flag("use_sampling", self.use_sampling),
-             temperature=_number("temperature", self.temperature, 0.0),
-             top_k=_number("top_k", self.top_k, 0, integer=True), top_p=_number("top_p", self.top_p, 0.0))
-        if self.top_p > 1.0:
-            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
+        _set(self, use_sampling=check_flag("use_sampling", self.use_sampling),
+             temperature=check_number("temperature", self.temperature, 0.0),
+             top_k=check_number("top_k", self.top_k, 0, integer=True),
+             top_p=check_number("top_p", self.top_p, 0.0, 1.0))
 
     @property
     def greedy(self) -> bool:
@@ -318,7 +340,7 @@ class Guidance:
     two_step: bool = False
 
     def __post_init__(self):
-        _set(self, coef=_number("cfg_coef", self.coef), two_step=_flag("two_step_cfg", self.two_step))
+        _set(self, coef=check_number("cfg_coef", self.coef), two_step=check_flag("two_step_cfg", self.two_step))
 
     @property
     def enabled(self) -> bool:
@@ -329,23 +351,32 @@ class Guidance:
 class GenerationParams:
     """audiocraft's defaults: sampling top-k 250, CFG 3, 15 s, 18 s stride for long-form.
 
+    duration_limit: the most seconds one call may generate (default 10 minutes), so that a slip such as
+    duration=1e9 is refused instead of running for days; raise it deliberately for longer pieces.
     `with_changes` takes audiocraft's flat names (use_sampling, top_k, top_p, temperature, cfg_coef,
-    two_step_cfg, duration, extend_stride), as `MusicGen.set_generation_params` does."""
+    two_step_cfg, duration, extend_stride) and duration_limit, as `MusicGen.set_generation_params` does."""
 
     duration: float = 15.0
     extend_stride: float = 18.0
     sampling: SamplingParams = field(default_factory=SamplingParams)
     guidance: Guidance = field(default_factory=Guidance)
+    duration_limit: float = DEFAULT_DURATION_LIMIT
 
     def __post_init__(self):
-        _set(self, duration=_number("duration", self.duration, 0.0, strict=True),
-             extend_stride=_number("extend_stride", self.extend_stride, 0.0, strict=True))
+        _set(self, duration=check_number("duration", self.duration, 0.0, strict=True),
+             extend_stride=check_number("extend_stride", self.extend_stride, 0.0, strict=True),
+             duration_limit=check_number("duration_limit", self.duration_limit, 0.0, strict=True))
+        if self.duration > self.duration_limit:
+            raise ValueError(
+                f"duration {self.duration:g} s is over the limit of {self.duration_limit:g} s for one call; "
+                f"to generate longer, raise it: set_generation_params(duration_limit=...), "
+                f"MusicGen.from_pretrained(..., duration_limit=...) or --duration-limit on the command line")
 
     def with_changes(self, **changes) -> "GenerationParams":
         sampling = {k: changes.pop(k) for k in ("use_sampling", "temperature", "top_k", "top_p") if k in changes}
         guidance = {new: changes.pop(old) for old, new in (("cfg_coef", "coef"), ("two_step_cfg", "two_step"))
                     if old in changes}
-        unknown = sorted(set(changes) - {"duration", "extend_stride"})
+        unknown = sorted(set(changes) - {"duration", "extend_stride", "duration_limit"})
         if unknown:
             raise TypeError(f"unknown generation parameter(s): {', '.join(unknown)}")
         return dataclasses.replace(self, sampling=dataclasses.replace(self.sampling, **sampling),

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from musicgen_jax.codec import CompressionModel
-from musicgen_jax.config import GenerationParams, MusicGenConfig
+from musicgen_jax.config import GenerationParams, MusicGenConfig, check_flag, check_number, check_seed
 from musicgen_jax.sampler import Progress, ProgressCallback, Sampler
 
 
@@ -38,10 +38,11 @@ class MusicGen:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "facebook/musicgen-small", *, dtype=jnp.float32,
-                        mesh=None) -> "MusicGen":
+                        mesh=None, duration_limit: float | None = None) -> "MusicGen":
         """A hub name ('facebook/musicgen-small', or a preset name such as 'small') or a local directory,
         in the transformers or the audiocraft layout. dtype: compute dtype (bf16: params, norms and
-        logits stay fp32). mesh: generate across its devices (see `shard`)."""
+        logits stay fp32). mesh: generate across its devices (see `shard`). duration_limit: the most
+        seconds one call may generate (default 600, see `set_generation_params`)."""
         from musicgen_jax.convert.checkpoint import load_checkpoint
         from musicgen_jax.modules.lm import MusicGenLM, unstack_layers
         from musicgen_jax.modules.t5 import T5Encoder
@@ -54,7 +55,10 @@ class MusicGen:
                           T5Encoder(config.t5, dtype=dtype), jax.tree.map(jnp.asarray, ckpt.t5_params),
                           ckpt.tokenizer)
         codec = CompressionModel(config.encodec, ckpt.codec_params, config.audio_channels)
-        mg = cls(sampler, codec, ckpt.generation)
+        generation = ckpt.generation
+        if duration_limit is not None:
+            generation = generation.with_changes(duration_limit=duration_limit)
+        mg = cls(sampler, codec, generation)
         return mg if mesh is None else mg.shard(mesh)
 
     def shard(self, mesh) -> "MusicGen":
@@ -93,15 +97,24 @@ class MusicGen:
     def duration(self) -> float:
         return self.generation_params.duration
 
+    @property
+    def duration_limit(self) -> float:
+        """The most seconds one call may generate (default 600); not the window, see `max_duration`."""
+        return self.generation_params.duration_limit
+
     # ------------------------------------------------------------------ settings
     def set_generation_params(self, duration: float | None = None, use_sampling: bool | None = None,
                               top_k: int | None = None, top_p: float | None = None,
                               temperature: float | None = None, cfg_coef: float | None = None,
-                              two_step_cfg: bool | None = None, extend_stride: float | None = None) -> None:
-        """Like audiocraft's; arguments left as None keep their current value."""
+                              two_step_cfg: bool | None = None, extend_stride: float | None = None,
+                              duration_limit: float | None = None) -> None:
+        """Like audiocraft's; arguments left as None keep their current value. Each is checked here
+        (ValueError naming it): finite, top_p in [0, 1], top_k and temperature >= 0 (temperature 0 is
+        greedy, as in audiocraft), duration at most duration_limit (600 s unless raised here)."""
         changes = {k: v for k, v in dict(duration=duration, use_sampling=use_sampling, top_k=top_k, top_p=top_p,
                                          temperature=temperature, cfg_coef=cfg_coef, two_step_cfg=two_step_cfg,
-                                         extend_stride=extend_stride).items() if v is not None}
+                                         extend_stride=extend_stride, duration_limit=duration_limit).items()
+                   if v is not None}
         params = self.generation_params.with_changes(**changes)
         if not params.extend_stride < self.max_duration:
             raise ValueError(f"extend_stride must be in (0, {self.max_duration}) s (the model's window), "
@@ -115,36 +128,40 @@ class MusicGen:
     # ------------------------------------------------------------------ generation
     def generate(self, descriptions: Sequence[str], progress: bool = False, return_tokens: bool = False,
                  seed: int | None = None):
-        """Text -> wav [B, C, N] (and tokens [B, K, T] with return_tokens)."""
+        """Text -> wav [B, C, N] (and tokens [B, K, T] with return_tokens).
+
+        All descriptions run as one batch, as in audiocraft and transformers: memory grows with their
+        number, and progress=True (or a custom progress callback) follows that one batch to its end. For
+        hundreds of prompts call it on slices (the CLI's --batch-size does, with one bar over all)."""
         return self._generate(check_descriptions(descriptions), progress, return_tokens, seed)
 
     def generate_unconditional(self, num_samples: int, progress: bool = False, return_tokens: bool = False,
                                seed: int | None = None):
         """Null text condition for every sample."""
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-        return self._generate([None] * num_samples, progress, return_tokens, seed)
+        return self._generate([None] * check_number("num_samples", num_samples, 1, integer=True), progress,
+                              return_tokens, seed)
 
     def generate_continuation(self, prompt, prompt_sample_rate: int,
                               descriptions: Sequence[str | None] | None = None, progress: bool = False,
                               return_tokens: bool = False, seed: int | None = None):
-        """Continue audio prompt [B, C, N] (or [C, N]) at prompt_sample_rate; the prompt stays in the output."""
+        """Continue audio prompt [B, C, N] (or [C, N]) at prompt_sample_rate; the prompt stays in the output.
+        The prompt is float audio in [-1, 1] (integer PCM is refused, see `float_audio`)."""
         prompt = prepare_prompt(prompt, prompt_sample_rate, self.sample_rate, self.duration)
         if descriptions is None:
             descriptions = [None] * prompt.shape[0]
         descriptions = check_descriptions(descriptions, allow_none=True)
         if len(descriptions) != prompt.shape[0]:
             raise ValueError(f"{len(descriptions)} descriptions for {prompt.shape[0]} prompt waveforms")
-        prompt_tokens = self.compression_model.encode(prompt)
-        return self._generate(descriptions, progress, return_tokens, seed, prompt_tokens=prompt_tokens)
+        return self._generate(descriptions, progress, return_tokens, seed, prompt=prompt)
 
     def generate_with_chroma(self, descriptions: Sequence[str | None], melody_wavs=None,
                              melody_sample_rate: int | None = None, progress: bool = False,
                              return_tokens: bool = False, seed: int | None = None, *, chroma=None):
         """Melody models: text + melody. melody_wavs: [B, C, N], [C, N] or a list of [C, N] / [N] arrays of
-        different lengths (None entries: no melody), at melody_sample_rate. Or pass precomputed `chroma`
-        [B, F, 12] (tiled/cut to the window). Drums and bass are not removed (audiocraft runs a source
-        separator first): give a melodic stem for results closest to audiocraft's."""
+        different lengths (None entries: no melody), float audio at melody_sample_rate (integer PCM is
+        refused, see `float_audio`). Or pass precomputed `chroma` [B, F, 12] (tiled/cut to the window).
+        Drums and bass are not removed (audiocraft runs a source separator first): give a melodic stem
+        for results closest to audiocraft's."""
         if not self.config.lm.is_melody:
             raise ValueError(f"{self.config.name} is not a melody model: use generate() or a musicgen-melody "
                              "checkpoint")
@@ -161,11 +178,22 @@ class MusicGen:
         """T5 features [B, S, D] and mask [B, S]; a None description is the null condition (mask 0)."""
         return self.sampler.conditioner.text(self.t5_params, descriptions)
 
-    def _generate(self, descriptions, progress: bool, return_tokens: bool, seed: int | None, **inputs):
+    def _generate(self, descriptions, progress: bool, return_tokens: bool, seed: int | None, *,
+                  prompt: np.ndarray | None = None, melody=None):
+        """Checks the call's own arguments, then generates (audio prompt encoded here, after the checks)."""
+        progress, return_tokens = check_flag("progress", progress), check_flag("return_tokens", return_tokens)
+        seed = check_seed(seed)
         params = self.generation_params
+        frames = int(params.duration * self.frame_rate)
+        if frames < 1:
+            raise ValueError(f"duration {params.duration:g} s is shorter than one frame "
+                             f"({1 / self.frame_rate:g} s at {self.frame_rate:g} Hz)")
         key = jax.random.PRNGKey(np.random.randint(0, 2 ** 31 - 1) if seed is None else seed)
-        reporter = Progress(int(params.duration * self.frame_rate), progress, self._progress_callback)
-        tokens = self.sampler.generate(descriptions, params, key, progress=reporter, **inputs)
+        reporter = Progress(frames, progress, self._progress_callback,
+                            desc=f"generating {len(descriptions)} sample(s)")
+        prompt_tokens = None if prompt is None else self.compression_model.encode(prompt)
+        tokens = self.sampler.generate(descriptions, params, key, prompt_tokens=prompt_tokens, melody=melody,
+                                       progress=reporter)
         wav = self.compression_model.decode(tokens)
         return (wav, tokens) if return_tokens else wav
 
@@ -187,6 +215,24 @@ def check_descriptions(descriptions, allow_none: bool = False) -> list:
     return list(descriptions)
 
 
+def float_audio(wav, name: str) -> np.ndarray:
+    """Audio samples as float32, finite. Integer PCM (what scipy.io.wavfile returns) is refused, as
+    `CompressionModel.encode` refuses it, with the conversion soundfile would apply: int16 / 32768,
+    int32 / 2**31, (uint8 - 128) / 128; reading with soundfile.read(path, dtype="float32") avoids it."""
+    wav = np.asarray(wav)
+    if wav.dtype.kind in "iu":
+        half = 2 ** (8 * wav.dtype.itemsize - 1)
+        scaled = f"({name} - {half}) / {half}" if wav.dtype.kind == "u" else f"{name} / {half}"
+        raise ValueError(f"{name} is integer PCM (dtype {wav.dtype}): pass float samples in [-1, 1], "
+                         f"e.g. {scaled}, or read the file with soundfile.read(path, dtype='float32')")
+    if wav.dtype.kind != "f":
+        raise ValueError(f"{name} must be float audio samples in [-1, 1], got dtype {wav.dtype}")
+    wav = wav.astype(np.float32)
+    if not np.isfinite(wav).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return wav
+
+
 def check_chroma(chroma, batch: int, bins: int) -> np.ndarray:
     chroma = np.asarray(chroma, np.float32)
     if chroma.ndim != 3 or chroma.shape[0] != batch or chroma.shape[2] != bins or chroma.shape[1] == 0:
@@ -202,7 +248,7 @@ def prepare_melodies(melody_wavs, rate, batch: int, sample_rate: int) -> list:
 
     rate = check_sample_rate(rate, "melody_sample_rate")
     if hasattr(melody_wavs, "shape"):
-        arr = np.asarray(melody_wavs)
+        arr = float_audio(melody_wavs, "melody_wavs")
         if arr.ndim == 2:
             arr = arr[None]
         if arr.ndim != 3:
@@ -217,12 +263,10 @@ def prepare_melodies(melody_wavs, rate, batch: int, sample_rate: int) -> list:
         if wav is None:
             out.append(None)
             continue
-        wav = np.asarray(wav, np.float32)
+        wav = float_audio(wav, f"melody {i}")
         wav = wav[None] if wav.ndim == 1 else wav
         if wav.ndim != 2 or wav.shape[-1] == 0:
             raise ValueError(f"melody {i} must be a non-empty [C, N] or [N] array, got shape {wav.shape}")
-        if not np.isfinite(wav).all():
-            raise ValueError(f"melody {i} contains NaN or infinite values")
         mono = wav.mean(axis=0)  # audiocraft mixes to the model's (mono) channels, then resamples
         out.append(resample_melody(mono, rate, sample_rate).astype(np.float32))
     return out
@@ -234,13 +278,11 @@ def prepare_prompt(prompt, rate: int, sample_rate: int, duration: float) -> np.n
 
     if not hasattr(prompt, "shape"):
         raise TypeError(f"prompt must be an array [B, C, N], got {type(prompt).__name__}")
-    prompt = np.asarray(prompt, np.float32)
+    prompt = float_audio(prompt, "prompt")
     if prompt.ndim == 2:
         prompt = prompt[None]
     if prompt.ndim != 3 or prompt.shape[-1] == 0:
         raise ValueError(f"prompt must have shape [batch, channels, samples], got {prompt.shape}")
-    if not np.isfinite(prompt).all():
-        raise ValueError("prompt audio contains NaN or infinite values")
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
         raise ValueError(f"prompt_sample_rate must be a positive integer, got {rate!r}")
     if rate != sample_rate:

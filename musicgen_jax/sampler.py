@@ -37,15 +37,17 @@ def bucket(n: int, size: int, cap: int | None = None) -> int:
 
 
 class Progress:
-    """A tqdm bar and/or callback(frames done, frames total) over one whole generation (all windows)."""
+    """A tqdm bar and/or callback(frames done, frames total) over one whole generation (all windows), or
+    over several (the CLI's batches, fed by each call's callback)."""
 
-    def __init__(self, total: int, bar: bool = False, callback: ProgressCallback | None = None):
+    def __init__(self, total: int, bar: bool = False, callback: ProgressCallback | None = None,
+                 desc: str = "generating"):
         self.total, self.callback = total, callback
         self.bar = None
         if bar:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, unit="frame", desc="generating")
+            self.bar = tqdm(total=total, unit="frame", desc=desc)
         self.active = bar or callback is not None
         self._done = 0
 
@@ -63,6 +65,13 @@ class Progress:
         if not self.active:
             return None
         return lambda step: self.report(offset + int(frames_done[min(step, len(frames_done) - 1)]))
+
+    def write(self, line: str) -> None:
+        """Print a line (stdout) without breaking the bar."""
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line)
 
     def close(self) -> None:
         if self._done < self.total:
