@@ -48,7 +48,13 @@ setup(
     ],
     extras_require={
         # torch: pre-install torch==2.13.0 (CPU) first; an unpinned torch pulls the CUDA wheels.
-        "test": ["pytest>=7", "scipy", "torch>=2.1", "transformers>=4.40"],
+        # torchvggish: the VGGish parity reference (pulls resampy + numba; uses the pre-installed torch)
+        "test": ["pytest>=7", "scipy", "torch>=2.1", "transformers>=4.40", "torchvggish==0.2"],
+        # optional evaluation backends through their reference packages (torch models, weights fetched on
+        # first use). laion-clap 1.1.6 / 1.1.7 pin numpy below 2, which current jax cannot use: 1.1.5 does not.
+        "eval-clap": ["torch>=2.1", "laion-clap==1.1.5"],
+        # hear21passt needs torchaudio: install the torchaudio built for your torch first
+        "eval-passt": ["torch>=2.1", "hear21passt>=0.0.26"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

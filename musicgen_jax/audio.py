@@ -1,35 +1,22 @@
-"""Audio files (reading with resampling, writing atomically; soundfile/soxr imported lazily) and the
-windowed-sinc resampler the melody path uses to match audiocraft (julius) and transformers (torchaudio)."""
+"""Audio files (reading with resampling, writing atomically via files.atomic_write; soundfile/soxr imported
+lazily) and the windowed-sinc resampler the melody path uses to match audiocraft (julius) and transformers
+(torchaudio)."""
 from __future__ import annotations
 
 import math
 import numbers
 import os
-import tempfile
+import struct
+import warnings
 
 import numpy as np
+
+from musicgen_jax.files import atomic_write
 
 MAX_SAMPLE_RATE = 1_000_000
 RESAMPLE_METHODS = ("audiocraft", "transformers")  # reference resamplers of the melody path
 _RESAMPLE_BLOCK = 1 << 21  # (rows x output samples x filter taps) per resampling block
 _KERNEL_TABLE_MAX = 1 << 22  # tabulate the filter of every output phase when it has at most this many taps
-
-
-def atomic_write(path: str, write_fn, suffix: str = "") -> str:
-    """Write via `write_fn(tmp_path)` into the target's folder, then rename: never a half file."""
-    path = os.path.abspath(os.path.expanduser(path))
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix or os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
 
 
 def resample(wav: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -56,11 +43,44 @@ def read_audio(path: str, sample_rate: int | None = None, channels: int | None =
     wav = np.ascontiguousarray(data.T)
     if wav.shape[1] == 0:
         raise ValueError(f"audio file {path} is empty")
+    declared = wav_declared_frames(path)
+    if declared is not None and declared > wav.shape[1]:  # soundfile reads what is there, silently
+        missing = declared - wav.shape[1]
+        warnings.warn(f"audio file {path} is truncated: its header declares {declared} frames, the file holds "
+                      f"{wav.shape[1]} ({missing} frames, {missing / rate:.3f} s missing); using what is there",
+                      stacklevel=2)
     if sample_rate is not None:
         wav, rate = resample(wav, rate, sample_rate), sample_rate
     if channels is not None and wav.shape[0] != channels:
         wav = convert_channels(wav, channels)
     return wav, rate
+
+
+def wav_declared_frames(path: str) -> int | None:
+    """Frames a RIFF/RIFX WAVE file's data chunk declares (None: not a WAV, or a streamed header whose
+    size field is 0 or 0xFFFFFFFF). Compared with the frames read, it reveals a cut file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+                return None
+            endian = "<" if head[:4] == b"RIFF" else ">"
+            size = os.fstat(f.fileno()).st_size
+            block, pos = 0, 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk, length = struct.unpack(endian + "4sI", f.read(8))
+                if chunk == b"fmt ":
+                    fmt = f.read(min(length, 16))
+                    block = struct.unpack(endian + "H", fmt[12:14])[0] if len(fmt) >= 14 else 0
+                elif chunk == b"data":
+                    if length in (0, 0xFFFFFFFF) or not block:
+                        return None
+                    return length // block
+                pos += 8 + length + (length & 1)
+    except (OSError, struct.error):
+        pass
+    return None
 
 
 def convert_channels(wav: np.ndarray, channels: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""`musicgen-jax` command line: generate | prepare | train | export | codec encode/decode/roundtrip.
+"""`musicgen-jax` command line: generate | prepare | train | export | evaluate | codec encode/decode/roundtrip.
 
 Every command's arguments are defined here; the training commands' handlers are imported from
 train/cli.py only when they run. `python -m musicgen_jax.cli ...` works like `musicgen-jax ...`.
@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from musicgen_jax.config import MAX_SEED, check_number, number_requirement
+from musicgen_jax.evaluation.cli import add_evaluate_command
 
 DEFAULT_CODEC = "facebook/encodec_32khz"
 USER_ERRORS = (ValueError, TypeError, OSError)  # OSError: FileNotFoundError, PermissionError, ...
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=generate)
 
     _add_training_commands(commands)  # prepare | train | export
+    add_evaluate_command(commands)  # evaluate: musicgen_jax/evaluation/cli.py
 
     codec = commands.add_parser("codec", help="EnCodec: audio <-> codes")
     codec_cmds = codec.add_subparsers(dest="codec_command", required=True)

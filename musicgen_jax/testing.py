@@ -141,6 +141,45 @@ def reference_encodec(codec: dict | None = None, seed: int = 0):
     return model
 
 
+def random_codec(codec: dict | None = None, seed: int = 0, **kwargs):
+    """A random CompressionModel built in JAX (no torch): codebooks spread over its latents like
+    `reference_encodec`'s. codec: transformers EncodecConfig kwargs (default TINY_ENCODEC); kwargs go to
+    CompressionModel (audio_channels, chunk_seconds)."""
+    import flax.linen as nn
+    import jax
+    import numpy as np
+
+    from musicgen_jax.codec import CompressionModel
+    from musicgen_jax.convert.encodec import encodec_config_from_hf
+    from musicgen_jax.modules.encodec import Encodec
+
+    cfg = encodec_config_from_hf(TINY_ENCODEC if codec is None else codec)
+    module = Encodec(cfg)
+    rng = np.random.default_rng(seed)
+    wav = np.zeros((1, 4 * cfg.hop_length, cfg.channels), np.float32)
+    shapes = nn.meta.unbox(jax.eval_shape(module.init, jax.random.PRNGKey(seed), wav))["params"]
+
+    def draw(path, leaf):  # numpy draws at init scale: no compiled init (slow on a busy CPU)
+        name = path[-1].key
+        if name == "bias" or name.endswith("_bias"):
+            return np.zeros(leaf.shape, np.float32)
+        if name.endswith(("_w_in", "_w_rec")):  # LSTM
+            bound = 1 / math.sqrt(leaf.shape[0])
+            return rng.uniform(-bound, bound, leaf.shape).astype(np.float32)
+        return (rng.standard_normal(leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1]))).astype(np.float32)
+
+    params = jax.tree_util.tree_map_with_path(draw, shapes)
+    wav = (rng.standard_normal((1, 4000, cfg.channels)) * 0.3).astype(np.float32)
+    latents = np.asarray(jax.jit(lambda p, x: module.apply({"params": p}, x, method=lambda m, x: m.encoder(x)))(
+        params, wav))[0]  # [T, D]
+    mean, std = latents.mean(0), latents.std(0)
+    noise = rng.standard_normal((cfg.num_codebooks, cfg.codebook_size, cfg.dimension)) * std
+    noise[1:] *= 0.5
+    noise[0] += mean
+    params = {**params, "quantizer": {"codebooks": noise.astype(np.float32)}}
+    return CompressionModel(cfg, params, **kwargs)
+
+
 def widen_lm_(model, seed: int = 0) -> None:
     """Re-draw a transformers MusicGen's LM weights (all but the text and audio encoders) where every
     part matters (the default std 0.02 makes the text nearly irrelevant): linears std 1/sqrt(fan_in),

@@ -50,7 +50,12 @@ class T5Tokenizer:
 
         if not os.path.isfile(spiece_path):
             raise FileNotFoundError(f"sentencepiece model not found: {spiece_path}")
-        self.sp = spm.SentencePieceProcessor(model_file=os.fspath(spiece_path))
+        self.path = os.fspath(spiece_path)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=self.path)
+        except (RuntimeError, OSError) as e:  # an empty file says only "unk is not defined"
+            raise ValueError(f"cannot read sentencepiece model {self.path} (empty, truncated or not a "
+                             f"sentencepiece model): {e}") from None
         self.extra_ids = int(extra_ids)
         self.unk_id = self.sp.unk_id()
         self.pad_id = self._required_piece("<pad>")
@@ -63,7 +68,7 @@ class T5Tokenizer:
     def _required_piece(self, piece: str) -> int:
         pid = self.sp.piece_to_id(piece)
         if pid == self.unk_id:
-            raise ValueError(f"the sentencepiece model has no {piece!r} piece: not a T5 spiece.model")
+            raise ValueError(f"the sentencepiece model {self.path} has no {piece!r} piece: not a T5 spiece.model")
         return pid
 
     @classmethod
@@ -156,8 +161,11 @@ def _extra_ids(directory: str) -> int:
     """Sentinel count from tokenizer_config.json when present (100 for every released T5)."""
     path = os.path.join(directory, "tokenizer_config.json")
     if os.path.isfile(path):
-        with open(path) as f:
-            value = json.load(f).get("extra_ids")
-        if value is not None:
-            return int(value)
+        try:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            value = config.get("extra_ids")
+            return 100 if value is None else int(value)
+        except (ValueError, TypeError, AttributeError) as e:  # bad JSON, not an object, not a number
+            raise ValueError(f"{path} is not a valid tokenizer config: {e}") from None
     return 100

@@ -19,9 +19,8 @@ window is xp.cfg's `dataset.segment_duration`, as audiocraft's `max_duration`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from typing import Any, Mapping
+from typing import Any
 
 from musicgen_jax import hub
 from musicgen_jax.config import GenerationParams, MusicGenConfig, official_repo
@@ -62,25 +61,33 @@ def default_generation(max_duration: float, **changes) -> GenerationParams:
 
 
 def _load_transformers(directory: str) -> Checkpoint:
-    from musicgen_jax.convert.common import load_transformers_weights, sub_state
+    from musicgen_jax.convert.common import (load_transformers_weights, naming, read_json, sub_state,
+                                             transformers_weights_file)
     from musicgen_jax.convert.encodec import encodec_config_from_hf, encodec_params_from_state_dict
     from musicgen_jax.convert.lm import lm_config_from_hf, lm_params_from_transformers
     from musicgen_jax.convert.t5 import t5_config_from_hf, t5_params_from_state_dict
 
-    raw = _read_json(os.path.join(directory, "config.json"))
+    config_path = os.path.join(directory, "config.json")
+    raw = read_json(config_path)
     if raw.get("model_type") not in ("musicgen", "musicgen_melody"):
-        raise ValueError(f"{directory} is not a MusicGen checkpoint (model_type {raw.get('model_type')!r})")
+        raise ValueError(f"{directory} is not a MusicGen checkpoint ({config_path}: model_type "
+                         f"{raw.get('model_type')!r})")
+    with naming(config_path):  # a missing or ill-typed entry names the file
+        lm_config = lm_config_from_hf(raw)
+        config = MusicGenConfig(name=_name(directory), lm=lm_config, t5=t5_config_from_hf(raw["text_encoder"]),
+                                encodec=encodec_config_from_hf(raw["audio_encoder"]),
+                                audio_channels=int(raw.get("decoder", {}).get("audio_channels", 1)),
+                                max_duration=_window(raw.get("segment_duration"), config_path))
     state = load_transformers_weights(directory)
-    lm_config = lm_config_from_hf(raw)
-    config = MusicGenConfig(name=_name(directory), lm=lm_config, t5=t5_config_from_hf(raw["text_encoder"]),
-                            encodec=encodec_config_from_hf(raw["audio_encoder"]),
-                            audio_channels=int(raw.get("decoder", {}).get("audio_channels", 1)),
-                            max_duration=_window(raw.get("segment_duration"), f"{directory}/config.json"))
+    with naming(transformers_weights_file(directory)):  # missing or mis-shaped tensors name the file
+        lm_params = lm_params_from_transformers(state, lm_config)
+        t5_params = t5_params_from_state_dict(state, config.t5, prefix="text_encoder.")
+        codec_params = encodec_params_from_state_dict(sub_state(state, "audio_encoder."), config.encodec)
     return Checkpoint(
         config=config,
-        lm_params=lm_params_from_transformers(state, lm_config),
-        t5_params=t5_params_from_state_dict(state, config.t5, prefix="text_encoder."),
-        codec_params=encodec_params_from_state_dict(sub_state(state, "audio_encoder."), config.encodec),
+        lm_params=lm_params,
+        t5_params=t5_params,
+        codec_params=codec_params,
         tokenizer=T5Tokenizer.from_pretrained(directory),
         generation=default_generation(config.max_duration, **_hf_generation_changes(directory)),
         directory=directory, layout=hub.TRANSFORMERS)
@@ -108,15 +115,18 @@ def _load_audiocraft(directory: str) -> Checkpoint:
 
 def _hf_generation_changes(directory: str) -> dict[str, Any]:
     """generation_config.json -> set_generation_params changes (guidance_scale, do_sample, top_k, ...)."""
+    from musicgen_jax.convert.common import naming, read_json
+
     path = os.path.join(directory, "generation_config.json")
     if not os.path.isfile(path):
         return {}
-    g = _read_json(path)
+    g = read_json(path)
     names = {"guidance_scale": ("cfg_coef", float), "do_sample": ("use_sampling", bool), "top_k": ("top_k", int),
              "temperature": ("temperature", float)}
-    changes = {ours: cast(g[theirs]) for theirs, (ours, cast) in names.items() if g.get(theirs) is not None}
-    if g.get("top_p") is not None and float(g["top_p"]) < 1.0:
-        changes["top_p"] = float(g["top_p"])
+    with naming(path):
+        changes = {ours: cast(g[theirs]) for theirs, (ours, cast) in names.items() if g.get(theirs) is not None}
+        if g.get("top_p") is not None and float(g["top_p"]) < 1.0:
+            changes["top_p"] = float(g["top_p"])
     return changes
 
 
@@ -131,14 +141,6 @@ def _window(value, where: str) -> float:
     if not seconds > 0 or seconds == float("inf"):
         raise ValueError(f"{where}: segment_duration must be a positive number of seconds, got {value!r}")
     return seconds
-
-
-def _read_json(path: str) -> Mapping[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
 def _name(directory: str) -> str:

@@ -3,12 +3,18 @@
 A converter walks our parameter tree and `take`s tensors from a `StateDict`; `finish` then raises one
 `CheckpointError` listing every missing, unexpected or mis-shaped key, or returns the filled tree.
 torch is imported only when a pickle has to be read, and only with `weights_only=True`.
+
+Files are checked as they are read, and every problem names the file: an empty, truncated or corrupt
+weights file, a config that is not a JSON object or lacks a key, a tensor holding NaN or inf.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any, Callable, Iterable, Mapping
+import struct
+import zipfile
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -27,14 +33,94 @@ def _torch_to_numpy(tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
 
+def read_json(path: str) -> dict[str, Any]:
+    """The JSON object in `path` (a config file), or ValueError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not valid JSON: it is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got a {type(data).__name__}")
+    return data
+
+
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+    """Errors while interpreting the contents of `path` name it: a missing key (KeyError), a value of the
+    wrong type or a checkpoint that does not fit become ValueError / CheckpointError "<path>: ..."."""
+    try:
+        yield
+    except KeyError as e:
+        raise ValueError(f"{path}: missing key {e}") from e
+    except (TypeError, ValueError, AttributeError) as e:
+        if path in str(e):
+            raise
+        kind = CheckpointError if isinstance(e, CheckpointError) else ValueError
+        raise kind(f"{path}: {e}") from e
+
+
+def check_finite(state: Mapping[str, Any], path: str) -> None:
+    """CheckpointError naming the first tensor of `state` (numpy, nested dicts allowed) that holds NaN or
+    inf: such weights load fine and then generate nothing but token 0."""
+    for key, value in state.items():
+        if isinstance(value, Mapping):
+            check_finite({f"{key}.{k}": v for k, v in value.items()}, path)
+        elif isinstance(value, np.ndarray) and value.dtype.kind in "fc" and not np.isfinite(value).all():
+            bad = int(value.size - np.isfinite(value).sum())
+            raise CheckpointError(f"{path}: tensor {key!r} holds {bad} NaN or infinite value(s) of "
+                                  f"{value.size}; the checkpoint is corrupt")
+
+
+def _check_not_empty(path: str) -> int:
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch it again")
+    return size
+
+
+def _safetensors_dtypes(path: str) -> set[str]:
+    """The tensor dtypes of a safetensors file, after checking that its header and size agree."""
+    size = _check_not_empty(path)
+    truncated = f"{path} is truncated or not a safetensors file"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{truncated}: {size} bytes, shorter than the 8-byte header length")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > size - 8:
+            raise CheckpointError(f"{truncated}: its header claims {header_len} bytes, the file holds {size}")
+        try:
+            header = json.loads(f.read(header_len))
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+            dtypes = {str(v["dtype"]) for k, v in header.items() if k != "__metadata__"}
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise CheckpointError(f"{truncated}: its header is not valid") from None
+    data = size - 8 - header_len
+    if max(ends, default=0) > data:
+        raise CheckpointError(f"{truncated}: its tensors need {max(ends, default=0)} bytes of data, the file "
+                              f"holds {data} ({max(ends, default=0) - data} missing)")
+    return dtypes
+
+
 def load_torch_pickle(path: str) -> Any:
     """torch.load with weights_only=True (no arbitrary code), tensors left as torch tensors."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    _check_not_empty(path)
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"
+    if zipped and not zipfile.is_zipfile(path):  # torch's format since 1.6: the archive's end is missing
+        raise CheckpointError(f"{path} is truncated: the torch checkpoint's zip archive is incomplete")
     import torch
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError with a long story; keep ours short
-        raise CheckpointError(f"cannot read torch checkpoint {path}: {e}") from e
+        raise CheckpointError(f"cannot read torch checkpoint {path} (corrupt, truncated or not a torch "
+                              f"checkpoint): {e}") from e
 
 
 def tensors_to_numpy(obj: Any) -> Any:
@@ -53,15 +139,26 @@ def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
+        dtypes = _safetensors_dtypes(path)
         try:
-            return dict(load_file(path))
-        except Exception:  # bf16 tensors are not numpy-loadable: go through torch
-            from safetensors.torch import load_file as load_torch
+            if dtypes & {"BF16", "F8_E4M3", "F8_E5M2"}:  # not numpy dtypes: go through torch
+                from safetensors.torch import load_file as load_torch
 
-            return tensors_to_numpy(load_torch(path))
-    return tensors_to_numpy(load_torch_pickle(path))
+                state = tensors_to_numpy(load_torch(path))
+            else:
+                from safetensors.numpy import load_file
+
+                state = dict(load_file(path))
+        except ImportError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"cannot read safetensors file {path} (corrupt?): {e}") from e
+    else:
+        state = tensors_to_numpy(load_torch_pickle(path))
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+    check_finite(state, path)
+    return state
 
 
 # (index, single file) per format, safetensors first: some repos hold a torch index beside safetensors
@@ -76,17 +173,23 @@ def has_transformers_weights(directory: str) -> bool:
 
 def load_transformers_weights(directory: str) -> dict[str, np.ndarray]:
     """Weights of a transformers checkpoint directory, sharded or not, safetensors preferred."""
-    for index_name, single_name in _WEIGHT_FORMATS:
-        index = os.path.join(directory, index_name)
-        if os.path.isfile(index):
-            with open(index) as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
-            state = {}
-            for name in files:
-                state.update(load_state_dict_file(os.path.join(directory, name)))
-            return state
-        if os.path.isfile(os.path.join(directory, single_name)):
-            return load_state_dict_file(os.path.join(directory, single_name))
+    path = transformers_weights_file(directory)
+    if path.endswith(".index.json"):
+        with naming(path):
+            files = sorted(set(read_json(path)["weight_map"].values()))
+        state = {}
+        for name in files:
+            state.update(load_state_dict_file(os.path.join(directory, name)))
+        return state
+    return load_state_dict_file(path)
+
+
+def transformers_weights_file(directory: str) -> str:
+    """The weights file (or shard index) `load_transformers_weights` reads from a directory."""
+    for pair in _WEIGHT_FORMATS:
+        for name in pair:
+            if os.path.isfile(os.path.join(directory, name)):
+                return os.path.join(directory, name)
     raise FileNotFoundError(
         f"no weights in {directory}: expected model.safetensors, pytorch_model.bin or a sharded index"
     )

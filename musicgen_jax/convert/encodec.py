@@ -10,7 +10,6 @@ Both weight-norm key styles are folded (see common.fold_weight_norm).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Mapping
@@ -20,9 +19,9 @@ import yaml
 
 from musicgen_jax import hub
 from musicgen_jax.config import EncodecConfig
-from musicgen_jax.convert.common import (CheckpointError, StateDict, abstract_params, finish,
-                                         fold_weight_norm, load_torch_pickle, load_transformers_weights,
-                                         sub_state, tensors_to_numpy)
+from musicgen_jax.convert.common import (CheckpointError, StateDict, abstract_params, check_finite, finish,
+                                         fold_weight_norm, load_torch_pickle, load_transformers_weights, naming,
+                                         read_json, sub_state, tensors_to_numpy, transformers_weights_file)
 
 _BUFFERS = (".inited", ".cluster_size", ".embed_avg")
 
@@ -232,15 +231,17 @@ def encodec_params_from_state_dict(state: Mapping[str, np.ndarray], cfg: Encodec
 
 def load_encodec_transformers(directory: str, prefix: str = "") -> tuple[EncodecConfig, dict]:
     """A transformers EncodecModel directory (or a MusicGen one with prefix 'audio_encoder.')."""
-    with open(os.path.join(directory, "config.json")) as f:
-        hf_cfg = json.load(f)
-    if prefix:
-        hf_cfg = hf_cfg[prefix.rstrip(".")]
-    cfg = encodec_config_from_hf(hf_cfg)
+    config_path = os.path.join(directory, "config.json")
+    hf_cfg = read_json(config_path)
+    with naming(config_path):
+        if prefix:
+            hf_cfg = hf_cfg[prefix.rstrip(".")]
+        cfg = encodec_config_from_hf(hf_cfg)
     state = load_transformers_weights(directory)
     if prefix:
         state = sub_state(state, prefix)
-    return cfg, encodec_params_from_state_dict(state, cfg)
+    with naming(transformers_weights_file(directory)):
+        return cfg, encodec_params_from_state_dict(state, cfg)
 
 
 def load_encodec_audiocraft(path: str) -> tuple[EncodecConfig, dict]:
@@ -256,13 +257,15 @@ def load_encodec_audiocraft(path: str) -> tuple[EncodecConfig, dict]:
     if "best_state" not in pkg or "xp.cfg" not in pkg:
         raise CheckpointError(f"{path}: neither a trained codec (best_state + xp.cfg) nor a pretrained pointer; "
                               f"keys: {sorted(pkg)}")
-    xp_cfg = pkg["xp.cfg"]
-    xp_cfg = yaml.safe_load(xp_cfg) if isinstance(xp_cfg, str) else xp_cfg
-    cfg = encodec_config_from_audiocraft(xp_cfg)
-    state = tensors_to_numpy(pkg["best_state"])
-    if "model" in state and isinstance(state["model"], Mapping):  # an unexported solver checkpoint
-        state = state["model"]
-    return cfg, encodec_params_from_state_dict(state, cfg, audiocraft=True)
+    with naming(path):
+        xp_cfg = pkg["xp.cfg"]
+        xp_cfg = yaml.safe_load(xp_cfg) if isinstance(xp_cfg, str) else xp_cfg
+        cfg = encodec_config_from_audiocraft(xp_cfg)
+        state = tensors_to_numpy(pkg["best_state"])
+        if "model" in state and isinstance(state["model"], Mapping):  # an unexported solver checkpoint
+            state = state["model"]
+        check_finite(state, path)
+        return cfg, encodec_params_from_state_dict(state, cfg, audiocraft=True)
 
 
 def load_encodec(name_or_path: str) -> tuple[EncodecConfig, dict]:
@@ -273,8 +276,7 @@ def load_encodec(name_or_path: str) -> tuple[EncodecConfig, dict]:
     directory, layout = hub.resolve_encodec(name_or_path)  # fetches one layout's files only
     if layout == hub.AUDIOCRAFT:
         return load_encodec_audiocraft(os.path.join(directory, "compression_state_dict.bin"))
-    with open(os.path.join(directory, "config.json")) as f:
-        model_type = json.load(f).get("model_type")
+    model_type = read_json(os.path.join(directory, "config.json")).get("model_type")
     if model_type in ("musicgen", "musicgen_melody"):
         return load_encodec_transformers(directory, prefix="audio_encoder.")
     return load_encodec_transformers(directory)

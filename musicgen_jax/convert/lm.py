@@ -19,7 +19,6 @@ the melody chroma extractor's buffers `condition_provider.conditioners.self_wav.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 from typing import Any, Mapping
@@ -29,8 +28,9 @@ import numpy as np
 from musicgen_jax.chroma import chroma_length
 from musicgen_jax.config import LMConfig
 from musicgen_jax.convert import layout as L
-from musicgen_jax.convert.common import (CheckpointError, load_torch_pickle, load_transformers_weights,
-                                         tensors_to_numpy)
+from musicgen_jax.convert.common import (CheckpointError, check_finite, load_torch_pickle,
+                                         load_transformers_weights, naming, read_json, tensors_to_numpy,
+                                         transformers_weights_file)
 
 # ---------------------------------------------------------------------------------------------------
 # configs
@@ -346,9 +346,13 @@ def lm_state_dict(params: Any, config: LMConfig, layout: str = "transformers") -
 def load_transformers_lm(directory: str, config: LMConfig | None = None) -> tuple[LMConfig, Any]:
     """A transformers MusicGen directory (config.json + weights) -> (LMConfig, params)."""
     if config is None:
-        with open(os.path.join(directory, "config.json")) as f:
-            config = lm_config_from_hf(json.load(f))
-    return config, lm_params_from_transformers(load_transformers_weights(directory), config)
+        config_path = os.path.join(directory, "config.json")
+        raw = read_json(config_path)
+        with naming(config_path):
+            config = lm_config_from_hf(raw)
+    state = load_transformers_weights(directory)
+    with naming(transformers_weights_file(directory)):
+        return config, lm_params_from_transformers(state, config)
 
 
 def load_audiocraft_lm(path: str, config: LMConfig | None = None) -> tuple[LMConfig, Any, dict[str, Any]]:
@@ -362,13 +366,15 @@ def load_audiocraft_lm(path: str, config: LMConfig | None = None) -> tuple[LMCon
     pkg = load_torch_pickle(path)
     if not isinstance(pkg, Mapping) or "best_state" not in pkg or "xp.cfg" not in pkg:
         raise CheckpointError(f"{path} is not an audiocraft LM checkpoint (needs 'best_state' and 'xp.cfg')")
-    cfg = parse_xp_cfg(pkg["xp.cfg"])
-    state = tensors_to_numpy(dict(pkg["best_state"]))
-    if config is None:
-        config = lm_config_from_audiocraft(cfg)
-        w = state.get("condition_provider.conditioners.description.output_proj.weight")
-        if w is not None and w.ndim == 2 and w.shape[1] != config.condition_dim:
-            import dataclasses
+    with naming(path):
+        cfg = parse_xp_cfg(pkg["xp.cfg"])
+        state = tensors_to_numpy(dict(pkg["best_state"]))
+        check_finite(state, path)
+        if config is None:
+            config = lm_config_from_audiocraft(cfg)
+            w = state.get("condition_provider.conditioners.description.output_proj.weight")
+            if w is not None and w.ndim == 2 and w.shape[1] != config.condition_dim:
+                import dataclasses
 
-            config = dataclasses.replace(config, condition_dim=int(w.shape[1]))
-    return config, lm_params_from_audiocraft(state, config), cfg
+                config = dataclasses.replace(config, condition_dim=int(w.shape[1]))
+        return config, lm_params_from_audiocraft(state, config), cfg

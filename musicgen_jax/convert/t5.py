@@ -14,7 +14,6 @@ Decoder and LM-head keys of a full T5 are skipped.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping
 
@@ -24,7 +23,8 @@ import numpy as np
 from musicgen_jax import hub
 from musicgen_jax.config import T5Config
 from musicgen_jax.convert.common import (CheckpointError, StateDict, abstract_params, finish, linear,
-                                         load_transformers_weights)
+                                         load_transformers_weights, naming, read_json,
+                                         transformers_weights_file)
 from musicgen_jax.modules.t5 import T5Encoder, init_t5
 
 _SKIPPED_PREFIXES = ("decoder.", "lm_head.")
@@ -165,8 +165,7 @@ def _read_config(directory: str) -> dict:
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no config.json in {directory}: not a transformers T5 checkpoint")
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path)
 
 
 def _resolve(name_or_path: str) -> str:
@@ -183,10 +182,9 @@ def load_t5(name_or_path: str) -> tuple[T5Config, dict]:
     directory = _resolve(name_or_path)
     raw = _read_config(directory)
     prefix = "text_encoder." if "text_encoder" in raw else ""
-    config = t5_config_from_hf(raw)
+    with naming(os.path.join(directory, "config.json")):
+        config = t5_config_from_hf(raw)
     state = load_transformers_weights(directory)
-    try:
+    with naming(transformers_weights_file(directory)):
         params = t5_params_from_state_dict(state, config, prefix=prefix)
-    except CheckpointError as e:
-        raise CheckpointError(f"{directory}: {e}") from None
     return config, params

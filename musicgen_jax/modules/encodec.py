@@ -3,6 +3,10 @@
 Weight norm is folded at load time, so convolutions hold plain kernels [k, in, out]. Padding follows
 the reference exactly (non-causal: right gets total // 2, left the rest, plus extra right padding so
 the last window is complete; transposed convolutions trim the same amounts).
+
+Encoder and decoder run in two parts, for long inputs (codec.py): the convolutions at the audio rate,
+which see a bounded neighbourhood (`conv_reach_frames`) and so can run window by window, and the LSTMs
+with the frame-rate convolutions, which run over the whole sequence.
 """
 from __future__ import annotations
 
@@ -163,40 +167,71 @@ class ResidualBlock(nn.Module):
         return skip + h
 
 
+def conv_reach_frames(cfg: EncodecConfig) -> tuple[int, int]:
+    """(encoder, decoder) reach of the audio-rate convolutions, in frames: how far (either way) an output
+    of `SEANetEncoder(part="convs")` / input of `SEANetDecoder(part="convs")` depends on its neighbours.
+    Windows with this much context on each side give the one-pass results at their centre."""
+    reach, unit = cfg.kernel_size - 1, 1  # encoder, in samples; unit: samples per step at this depth
+    for ratio in reversed(cfg.ratios):
+        reach += sum((cfg.residual_kernel_size - 1) * cfg.dilation_base ** j * unit
+                     for j in range(cfg.num_residual_layers))
+        reach += (2 * ratio - 1) * unit
+        unit *= ratio
+    encoder = math.ceil(reach / cfg.hop_length) + 1
+    reach, unit = 0.0, 1.0  # decoder, in frames; unit: frames per step at this depth
+    for ratio in cfg.ratios:
+        reach += 2 * unit  # a transposed conv of kernel 2 * stride: two input steps per output
+        unit /= ratio
+        reach += sum((cfg.residual_kernel_size - 1) * cfg.dilation_base ** j * unit
+                     for j in range(cfg.num_residual_layers))
+    reach += (cfg.last_kernel_size - 1) * unit
+    return encoder, math.ceil(reach) + 1
+
+
 class SEANetEncoder(nn.Module):
-    """wav [B, N, C] -> latents [B, T, D]; strides are the ratios reversed."""
+    """wav [B, N, C] -> latents [B, T, D]; strides are the ratios reversed.
+
+    part "convs": wav -> the audio-rate convolutions' output [B, T, D']; part "rest": that -> latents."""
 
     cfg: EncodecConfig
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, part: str = "all") -> Array:
         c = self.cfg
         conv = dict(causal=c.causal, pad_mode=c.pad_mode)
-        x = Conv1d(c.num_filters, c.kernel_size, name="conv_in", **conv)(x)
-        dim = c.num_filters
-        for i, ratio in enumerate(reversed(c.ratios)):
-            for j in range(c.num_residual_layers):
-                x = ResidualBlock(c, dim, c.dilation_base ** j, name=f"block_{i}_{j}")(x)
-            x = Conv1d(2 * dim, 2 * ratio, stride=ratio, name=f"down_{i}", **conv)(jax.nn.elu(x))
-            dim *= 2
+        if part in ("all", "convs"):
+            x = Conv1d(c.num_filters, c.kernel_size, name="conv_in", **conv)(x)
+            dim = c.num_filters
+            for i, ratio in enumerate(reversed(c.ratios)):
+                for j in range(c.num_residual_layers):
+                    x = ResidualBlock(c, dim, c.dilation_base ** j, name=f"block_{i}_{j}")(x)
+                x = Conv1d(2 * dim, 2 * ratio, stride=ratio, name=f"down_{i}", **conv)(jax.nn.elu(x))
+                dim *= 2
+            if part == "convs":
+                return x
         if c.lstm_layers:
             x = LSTM(c.lstm_layers, name="lstm")(x)
         return Conv1d(c.dimension, c.last_kernel_size, name="conv_out", **conv)(jax.nn.elu(x))
 
 
 class SEANetDecoder(nn.Module):
-    """latents [B, T, D] -> wav [B, T * hop, C]; no final activation."""
+    """latents [B, T, D] -> wav [B, T * hop, C]; no final activation.
+
+    part "start": latents -> the frame-rate part's output [B, T, D']; part "convs": that -> wav."""
 
     cfg: EncodecConfig
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, part: str = "all") -> Array:
         c = self.cfg
         conv = dict(causal=c.causal, pad_mode=c.pad_mode)
         dim = c.num_filters * 2 ** len(c.ratios)
-        x = Conv1d(dim, c.kernel_size, name="conv_in", **conv)(x)
-        if c.lstm_layers:
-            x = LSTM(c.lstm_layers, name="lstm")(x)
+        if part in ("all", "start"):
+            x = Conv1d(dim, c.kernel_size, name="conv_in", **conv)(x)
+            if c.lstm_layers:
+                x = LSTM(c.lstm_layers, name="lstm")(x)
+            if part == "start":
+                return x
         for i, ratio in enumerate(c.ratios):
             x = ConvTranspose1d(dim // 2, 2 * ratio, stride=ratio, causal=c.causal,
                                 trim_right_ratio=c.trim_right_ratio, name=f"up_{i}")(jax.nn.elu(x))
@@ -257,6 +292,27 @@ class Encodec(nn.Module):
     def decode(self, codes: Array) -> Array:
         """codes [B, K, T] -> wav [B, T * hop, C]."""
         return self.decoder(self.quantizer.decode(codes))
+
+    # the two parts of each, for windowed processing of long inputs (see conv_reach_frames)
+    def encode_convs(self, wav: Array) -> Array:
+        """wav [B, N, C] -> [B, ceil(N / hop), D']: the audio-rate part of `encode`."""
+        return self.encoder(wav, part="convs")
+
+    def encode_rest(self, h: Array) -> Array:
+        """`encode_convs`'s output -> latents [B, T, D] (`quantize` them for codes)."""
+        return self.encoder(h, part="rest")
+
+    def quantize(self, z: Array, num_codebooks: int | None = None) -> Array:
+        """latents [B, T, D] -> codes [B, K, T] (frame by frame)."""
+        return self.quantizer.encode(z, num_codebooks)
+
+    def decode_start(self, codes: Array) -> Array:
+        """codes [B, K, T] -> [B, T, D']: the frame-rate part of `decode`."""
+        return self.decoder(self.quantizer.decode(codes), part="start")
+
+    def decode_convs(self, h: Array) -> Array:
+        """`decode_start`'s output -> wav [B, T * hop, C]."""
+        return self.decoder(h, part="convs")
 
     def __call__(self, wav: Array) -> Array:
         return self.decode(self.encode(wav))
