@@ -37,32 +37,43 @@ def atomic_write(path: str, write_fn, suffix: str = "") -> str:
     target: never a half file under the target's name. Returns the absolute path."""
     path = check_destination(path)
     target = _target(path)
-    folder = os.path.dirname(target)
-    os.makedirs(folder, exist_ok=True)
-    _remove_stale_temps(folder)
-    try:
-        old = os.stat(target)
-    except FileNotFoundError:
-        old = None
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TMP_PREFIX}{os.getpid()}-{_host()}-",
-                               suffix=suffix or os.path.splitext(target)[1])
-    os.close(fd)
+    tmp = temp_file(os.path.dirname(target), suffix or os.path.splitext(target)[1])
     try:
         write_fn(tmp)
-        if old is not None:
-            os.chmod(tmp, stat.S_IMODE(old.st_mode))
-            if os.geteuid() == 0 and (old.st_uid, old.st_gid) != (0, 0):
-                os.chown(tmp, old.st_uid, old.st_gid)
-        else:
-            os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb") as f:  # on disk before the rename: a crash leaves the old file or the new one
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        publish(tmp, target)
     except BaseException:
         if os.path.lexists(tmp):
             os.remove(tmp)
         raise
     return path
+
+
+def temp_file(folder: str, suffix: str = "") -> str:
+    """A new empty hidden file in `folder` (created if missing) to write before `publish`; named so that
+    a later write into the folder removes it if this process is killed first."""
+    os.makedirs(folder, exist_ok=True)
+    _remove_stale_temps(folder)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TMP_PREFIX}{os.getpid()}-{_host()}-", suffix=suffix)
+    os.close(fd)
+    return tmp
+
+
+def publish(tmp: str, target: str) -> None:
+    """Rename the finished `tmp` over `target` (a regular file's path, symlinks resolved): with the mode
+    a plain open() would give (0o666 & ~umask) or the replaced file's mode and owner, on disk first."""
+    try:
+        old = os.stat(target)
+    except FileNotFoundError:
+        old = None
+    if old is not None:
+        os.chmod(tmp, stat.S_IMODE(old.st_mode))
+        if os.geteuid() == 0 and (old.st_uid, old.st_gid) != (0, 0):
+            os.chown(tmp, old.st_uid, old.st_gid)
+    else:
+        os.chmod(tmp, 0o666 & ~_umask())
+    with open(tmp, "rb") as f:  # on disk before the rename: a crash leaves the old file or the new one
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
 
 
 def _target(path: str) -> str:

@@ -304,5 +304,10 @@ def test_cli_encode_decode_roundtrip(tiny_dir, tmp_path):
 def test_cli_reports_bad_model(tmp_path, capsys):
     from musicgen_jax.cli import main
 
-    assert main(["codec", "encode", "x.wav", "y.npy", "--model", str(tmp_path / "missing") + "/"]) == 2
-    assert "error" in capsys.readouterr().err
+    import soundfile as sf
+
+    sf.write(tmp_path / "x.wav", np.zeros(3200, np.float32), 32000)
+    missing = str(tmp_path / "missing") + "/"
+    assert main(["codec", "encode", str(tmp_path / "x.wav"), str(tmp_path / "y.npy"), "--model", missing]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "missing" in err, err  # the model is named, not the (present) input

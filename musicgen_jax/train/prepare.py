@@ -243,10 +243,7 @@ class Preparer:
                              "use a new output directory")
         self.done = state["done"]
         self.info.shards = state["shards"]
-        self.report = Report(**state["report"])
-        for name in os.listdir(self.out_dir):
-            if name.endswith(".tmp"):
-                os.remove(os.path.join(self.out_dir, name))  # an unfinished shard: its files are redone
+        self.report = Report(**state["report"])  # an unfinished shard's hidden temp file: files.temp_file
 
     def _commit(self) -> None:
         state = {"settings": self._settings(), "done": self.done, "shards": self.info.shards,

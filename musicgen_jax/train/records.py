@@ -22,6 +22,8 @@ from typing import Any, Iterable
 import numpy as np
 from flax import serialization
 
+from musicgen_jax import files
+
 INDEX = "index.json"
 INDEX_VERSION = 1
 
@@ -62,13 +64,14 @@ def decode_record(data: bytes) -> dict[str, Any]:
 
 
 class ShardWriter:
-    """Writes one shard under a temporary name; `close()` makes it visible (atomic rename)."""
+    """Writes one shard under a hidden temporary name (files.temp_file: a killed run's is removed by the
+    next write into the folder); `close()` makes it visible (atomic rename)."""
 
     def __init__(self, path: str):
         from array_record.python.array_record_module import ArrayRecordWriter
 
         self.path = path
-        self.tmp = path + ".tmp"
+        self.tmp = files.temp_file(os.path.dirname(os.path.abspath(path)), ".array_record")
         self._writer = ArrayRecordWriter(self.tmp, "group_size:1")
         self.records = 0
 
@@ -78,7 +81,7 @@ class ShardWriter:
 
     def close(self) -> None:
         self._writer.close()
-        os.replace(self.tmp, self.path)
+        files.publish(self.tmp, self.path)
 
     def abort(self) -> None:
         self._writer.close()
@@ -87,13 +90,11 @@ class ShardWriter:
 
 
 def write_index(directory: str, info: DatasetInfo) -> None:
-    from musicgen_jax.files import atomic_write
-
     def write(tmp):
         with open(tmp, "w") as f:
             json.dump(asdict(info), f, indent=1)
 
-    atomic_write(os.path.join(directory, INDEX), write, suffix=".json")
+    files.atomic_write(os.path.join(directory, INDEX), write, suffix=".json")
 
 
 def read_index(directory: str) -> DatasetInfo:
