@@ -314,7 +314,9 @@ def test_cached_decode_matches_full_pass(kind, scan_layers):
         logits, cache = step(params, jnp.asarray(seq[..., t:t + 1]), conds.without_prefix(), cache)
         outs.append(np.asarray(logits))
     assert int(cache.index) == prefix + s
-    assert np.abs(np.concatenate(outs, axis=2) - full).max() <= 1e-5
+    # fp32 reassociation differs between the two programs and between CPUs (1.2e-5 seen on one host):
+    # the parity tolerance for logits; a cache bug gives errors of order one
+    assert np.abs(np.concatenate(outs, axis=2) - full).max() <= 1e-4
 
 
 @pytest.mark.parity
