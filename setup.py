@@ -49,7 +49,12 @@ setup(
     extras_require={
         # torch: pre-install torch==2.13.0 (CPU) first; an unpinned torch pulls the CUDA wheels.
         # torchvggish: the VGGish parity reference (pulls resampy + numba; uses the pre-installed torch)
-        "test": ["pytest>=7", "scipy", "torch>=2.1", "transformers>=4.40", "torchvggish==0.2"],
+        # the app's tests drive Debian's chromium + chromium-driver through selenium (.ci/run installs them)
+        "test": ["pytest>=7", "scipy", "torch>=2.1", "transformers>=4.40", "torchvggish==0.2", "gradio>=6.0,<7",
+                 "matplotlib>=3.7", "selenium>=4.10",
+                 "peft>=0.17"],  # the LoRA adapter-folder reference (tests/test_lora_peft.py)
+        # the web app (`musicgen-jax app`); its streamed audio also needs ffmpeg on PATH
+        "app": ["gradio>=6.0,<7", "matplotlib>=3.7"],
         # optional evaluation backends through their reference packages (torch models, weights fetched on
         # first use). laion-clap 1.1.6 / 1.1.7 pin numpy below 2, which current jax cannot use: 1.1.5 does not.
         "eval-clap": ["torch>=2.1", "laion-clap==1.1.5"],

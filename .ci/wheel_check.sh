@@ -100,7 +100,7 @@ def walk(parser, path):
 
 commands = [" ".join(p) for p in walk(build_parser(), [])]
 expected = {"generate", "codec", "codec encode", "codec decode", "codec roundtrip", "prepare", "train", "export",
-            "evaluate"}
+            "evaluate", "app"}
 missing = expected - set(commands)
 assert not missing, f"commands missing from the parser: {sorted(missing)}"
 print("\n".join(commands))

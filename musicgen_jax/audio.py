@@ -114,6 +114,91 @@ def save_npy(path: str, array: np.ndarray) -> str:
     return atomic_write(path, write, suffix=".npy")
 
 
+class WavStream:
+    """A 16-bit PCM WAV written while its audio arrives, valid at every moment.
+
+    `write` appends samples, then updates the header's two sizes: a reader sees a WAV whose header declares
+    the samples written so far (or, between the two writes, fewer than are there). Samples are converted
+    as `write_wav` converts them (soundfile, PCM_16), and the header is the one it writes (44 bytes, mono
+    or stereo), so the finished file is byte for byte `write_wav` of the joined audio. The file appears at
+    the first write (created through a temp file and renamed, like `write_wav`; an existing file at `path`
+    stays until then), or at `close` as an empty WAV when nothing was written.
+
+        with WavStream("out.wav", 32000, channels=1) as out:
+            for chunk in chunks:  # [C, n]
+                out.write(chunk)
+    """
+
+    def __init__(self, path: str, sample_rate: int, channels: int):
+        from musicgen_jax.files import check_destination
+
+        if channels not in (1, 2):
+            raise ValueError(f"WavStream writes mono or stereo, got {channels} channels")
+        self.path = check_destination(path)
+        self.sample_rate, self.channels = check_sample_rate(sample_rate), channels
+        self.frames = 0  # written so far
+        self._file = None
+
+    def _header(self, frames: int) -> bytes:
+        data = 2 * self.channels * frames
+        return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + data, b"WAVE", b"fmt ", 16, 1, self.channels,
+                           self.sample_rate, 2 * self.channels * self.sample_rate, 2 * self.channels, 16,
+                           b"data", data)
+
+    def write(self, wav: np.ndarray) -> None:
+        """Append wav [C, n] float (clipped to [-1, 1])."""
+        import io
+
+        import soundfile as sf
+
+        wav = np.asarray(wav, np.float32)
+        if wav.ndim != 2 or wav.shape[0] != self.channels:
+            raise ValueError(f"wav must be [{self.channels}, samples], got shape {wav.shape}")
+        if self._file is None:
+            self._open()
+        pcm = io.BytesIO()
+        sf.write(pcm, np.clip(wav.T, -1.0, 1.0), self.sample_rate, subtype="PCM_16", format="RAW")
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(pcm.getvalue())
+        self._file.flush()
+        self.frames += wav.shape[1]
+        header = self._header(self.frames)
+        self._file.seek(4)
+        self._file.write(header[4:8])  # RIFF size
+        self._file.seek(40)
+        self._file.write(header[40:44])  # data size
+        self._file.flush()
+
+    def _open(self) -> None:
+        from musicgen_jax.files import publish, temp_file
+
+        target = os.path.realpath(self.path)  # a symlink is written through, as write_wav does
+        tmp = temp_file(os.path.dirname(target), ".wav")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(self._header(0))
+            publish(tmp, target)
+        except BaseException:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+            raise
+        self._file = open(target, "r+b")
+
+    def close(self) -> str:
+        """Finish the file (an empty WAV if nothing was written); returns its path."""
+        if self._file is None:
+            self._open()
+        self._file.close()
+        return self.path
+
+    def __enter__(self) -> "WavStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None or exc[0] is None:
+            self.close()
+
+
 def check_sample_rate(sample_rate, name: str = "sample_rate") -> int:
     """A sample rate as an int, or ValueError: must be a finite whole number in (0, 1e6] Hz."""
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):

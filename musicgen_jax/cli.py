@@ -1,4 +1,4 @@
-"""`musicgen-jax` command line: generate | prepare | train | export | evaluate | codec encode/decode/roundtrip.
+"""`musicgen-jax` command line: generate | prepare | train | export | evaluate | app | codec encode/decode/roundtrip.
 
 Every command's arguments are defined here; the training commands' handlers are imported from
 train/cli.py only when they run. `python -m musicgen_jax.cli ...` works like `musicgen-jax ...`.
@@ -130,6 +130,29 @@ def _settings(args) -> dict:
     return {k: v for k, v in given.items() if v is not None}
 
 
+def _stream_batch(model, batch: list[str], melody, seed, paths: list[str], progress, chunk_seconds: float
+                  ) -> np.ndarray:
+    """--stream: each wav of the batch written as its audio comes (audio.WavStream: a valid file at every
+    moment, at the end the file the one-shot path writes); prints the time to first audio. -> [B, C, N]."""
+    import contextlib
+    import time
+
+    from musicgen_jax.audio import WavStream
+
+    melody_args = {} if melody is None else dict(melody_wavs=[melody[0]] * len(batch), melody_sample_rate=melody[1])
+    started = time.perf_counter()
+    chunks = []
+    with contextlib.ExitStack() as files:
+        outs = [files.enter_context(WavStream(path, model.sample_rate, model.audio_channels)) for path in paths]
+        for chunk in model.generate_stream(batch, seed=seed, chunk_seconds=chunk_seconds, **melody_args):
+            if not chunks:
+                progress.write(f"first audio after {time.perf_counter() - started:.2f} s")
+            for out, item in zip(outs, chunk):
+                out.write(item)
+            chunks.append(chunk)
+    return np.concatenate(chunks, axis=-1)
+
+
 def generate(args) -> int:
     """Prompts in batches of --batch-size, one progress bar over all of them. Everything that can be
     checked without the model (settings, prompts, melody file, every output path) is checked first."""
@@ -153,7 +176,7 @@ def generate(args) -> int:
         from musicgen_jax.sharding import parse_mesh
 
         mesh = parse_mesh(args.mesh)
-    model = MusicGen.from_pretrained(args.model, mesh=mesh)
+    model = MusicGen.from_pretrained(args.model, mesh=mesh, adapters=args.adapters)
     model.set_generation_params(**settings)
     starts = range(0, len(prompts), args.batch_size)
     frames = int(model.duration * model.frame_rate)  # per batch
@@ -163,17 +186,43 @@ def generate(args) -> int:
         batch = prompts[start:start + args.batch_size]
         model.set_custom_progress_callback(lambda done, _, base=index * frames: progress.report(base + done))
         seed = None if args.seed is None else (args.seed + start) % (MAX_SEED + 1)
-        if melody is not None:
+        if args.stream:
+            wav = _stream_batch(model, batch, melody, seed, paths[start:start + len(batch)], progress,
+                                args.chunk_seconds)
+        elif melody is not None:
             wav = model.generate_with_chroma(batch, [melody[0]] * len(batch), melody[1], seed=seed)
         else:
             wav = model.generate(batch, seed=seed)
         wav = np.asarray(wav)  # [B, C, N]
         for i, item in enumerate(wav):
-            path = write_wav(paths[start + i], item, model.sample_rate)
+            path = paths[start + i] if args.stream else write_wav(paths[start + i], item, model.sample_rate)
             progress.write(f"{path}: {item.shape[-1] / model.sample_rate:.2f} s, {item.shape[0]} channel(s)  <- "
                            f"{batch[i]!r}")
     progress.close()
     return 0
+
+
+def run_app(args) -> int:
+    """`app`: the web app (musicgen_jax/app, gradio), imported only when it runs."""
+    from musicgen_jax.app import serve
+
+    return serve(model=args.model, host=args.host, port=args.port, share=args.share, max_duration=args.max_duration,
+                 queue_size=args.queue_size)
+
+
+def _add_app_command(subparsers) -> None:
+    app = subparsers.add_parser("app", help="the web app: generate in the browser, audio streamed as it comes "
+                                            "(needs the [app] extra)")
+    app.add_argument("--model", default="facebook/musicgen-small",
+                     help="the model selected when the page opens: hub name or local checkpoint directory")
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    app.add_argument("--port", type=number_arg(1, 65535, integer=True), default=7860)
+    app.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    app.add_argument("--max-duration", type=number_arg(1), default=120.0,
+                     help="the duration slider's top, in seconds (default 120)")
+    app.add_argument("--queue-size", type=POSITIVE_INT, default=16,
+                     help="requests that may wait while one generates; more get a busy message (default 16)")
+    app.set_defaults(func=run_app)
 
 
 def _training(handler: str):
@@ -219,6 +268,9 @@ def _add_training_commands(subparsers) -> None:
                         help="transformers MusicGen checkpoint providing text encoder and codec "
                              "(default: the run's init_from / checkpoint.export_base)")
     export.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
+    export.add_argument("--adapter-only", action="store_true",
+                        help="LoRA runs: write the adapters as a PEFT folder (adapter_config.json + "
+                             "adapter_model.safetensors) instead of merged weights")
     export.set_defaults(func=_training("export_command"))
 
 
@@ -230,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompts", nargs="*", metavar="PROMPT", help="text description(s)")
     gen.add_argument("--prompts-file", help="a text file with one prompt per line")
     gen.add_argument("--model", default="facebook/musicgen-small", help="hub name or local checkpoint directory")
+    gen.add_argument("--adapters", default=None,
+                     help="LoRA adapter folder (PEFT format, e.g. from `export --adapter-only`) for --model")
     gen.add_argument("--duration", type=POSITIVE, default=None, help="seconds (default: the model's, 15 s)")
     gen.add_argument("--duration-limit", type=POSITIVE, default=None,
                      help="the most seconds one call may generate (default 600): raise it for longer pieces")
@@ -244,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--cfg-coef", type=number_arg(), default=None, help="classifier-free guidance (default 3)")
     gen.add_argument("--extend-stride", type=POSITIVE, default=None, help="long-form stride in seconds (18)")
     gen.add_argument("--melody", help="audio file whose melody (chroma) conditions a melody model")
+    gen.add_argument("--stream", action="store_true",
+                     help="write each wav while it is generated (a valid file at every moment); prints the time "
+                          "to first audio")
+    gen.add_argument("--chunk-seconds", type=POSITIVE, default=1.0, help="with --stream: audio per chunk (1 s)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.add_argument("--mesh", help="generate across devices, e.g. tensor=2 or data=4,tensor=2 (data: the rest); "
                                     "fsdp gathers weights every step, so prefer data and tensor")
@@ -251,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_training_commands(commands)  # prepare | train | export
     add_evaluate_command(commands)  # evaluate: musicgen_jax/evaluation/cli.py
+    _add_app_command(commands)  # app: musicgen_jax/app
 
     codec = commands.add_parser("codec", help="EnCodec: audio <-> codes")
     codec_cmds = codec.add_subparsers(dest="codec_command", required=True)

@@ -10,12 +10,15 @@ reach (`modules.encodec.conv_reach_frames`: a few frames), and the LSTMs and fra
 run over the whole sequence (50 frames/s: an hour of it is [180000, 1024] floats). Windowing results at
 the LSTM would not be exact: MusicGen's EnCodec 32 kHz has no segments of its own (segment None) and its
 LSTMs carry state across the whole input.
+
+Streaming (`CompressionModel.stream_decoder`, `StreamDecoder`): codes that arrive a chunk at a time are
+decoded to the audio `decode` gives for all of them, the LSTM carrying its state from chunk to chunk.
 """
 from __future__ import annotations
 
 import math
 import os
-from functools import cached_property
+from functools import cached_property, partial
 
 import jax
 import jax.numpy as jnp
@@ -151,7 +154,25 @@ class CompressionModel:
         return jax.jit(lambda params, h: self._wav_out(self._module.apply(
             {"params": params}, h, method=Encodec.decode_convs)))
 
+    @cached_property
+    def _stream_start_fn(self):  # codes [B, K*G, W], offset, length, carry -> ([B*G, block, D'], carry)
+        def run(params, codes, offset, length, carry, block):
+            h = self._module.apply({"params": params}, self._codes_in(codes), method=Encodec.decode_conv_in)
+            h = jnp.pad(h, ((0, 0), (0, block), (0, 0)))  # [B*G, W + block, D']: a block fits from any offset
+            h = jax.lax.dynamic_slice_in_dim(h, offset, block, axis=1)  # [B*G, block, D']
+            return self._module.apply({"params": params}, h, carry, length, method=Encodec.decode_lstm)
+
+        return jax.jit(run, static_argnames="block")
+
     # ------------------------------------------------------------------ API
+    def stream_decoder(self, block_frames: int | None = None) -> "StreamDecoder":
+        """A decoder for codes that arrive a piece at a time (see StreamDecoder). block_frames: frames per
+        compiled call (default and at most the window of long inputs, `chunk_seconds`; 1 s without one)."""
+        cap = self.chunk_frames or max(1, round(self.frame_rate))
+        if block_frames is not None and not (isinstance(block_frames, int) and block_frames >= 1):
+            raise ValueError(f"block_frames must be a positive integer, got {block_frames!r}")
+        return StreamDecoder(self, min(block_frames or cap, cap))
+
     def encode(self, wav) -> jax.Array:
         """wav [B, C, N] float at `sample_rate` -> codes [B, K, ceil(N / hop)] int32.
 
@@ -223,3 +244,108 @@ class CompressionModel:
         if lo < 0 or hi >= self.cardinality:
             raise ValueError(f"codes out of range [0, {self.cardinality}): min {lo}, max {hi}")
         return jnp.asarray(codes, jnp.int32)
+
+
+class StreamDecoder:
+    """Codes pushed a piece at a time -> the audio `CompressionModel.decode` gives for all of them, as
+    soon as it is final.
+
+        decoder = codec.stream_decoder(block_frames)
+        for codes in pieces:                  # [B, K, n] each, in order
+            audio = decoder.push(codes)      # [B, C, m * hop]: the frames whose audio is now final
+        audio = decoder.finish()              # the rest (the end of the sequence is known now)
+
+    The decoder runs in three stages, each on windows of fixed shapes (one compiled program per stage,
+    whatever the pieces):
+      * codebook sum and first conv (frame rate): blocks of `block` frames, each window holding
+        `kernel_size - 1` frames of codes on either side (or the sequence's start / end);
+      * LSTM: each block continues from the carry of the one before (`Encodec.decode_lstm`), as one pass;
+      * the audio-rate convolutions: `block` frames with `conv_reach_frames` of context on either side, as
+        `decode`'s own windows.
+    A frame's audio is therefore final (kernel_size - 1) + reach frames after it (7 frames, 140 ms, for
+    EnCodec 32 kHz) or at `finish`. Results equal one pass up to float rounding (the same operations on
+    windows of other shapes).
+    """
+
+    def __init__(self, codec: CompressionModel, block_frames: int):
+        self.codec, self.block = codec, block_frames
+        self.code_context = codec.config.kernel_size - 1  # the first conv's reach, in frames, either side
+        self.context = codec.decode_context  # the audio-rate convolutions' reach (conv_reach_frames)
+        self.codes: np.ndarray | None = None  # [B, K, n] int32: every frame pushed so far
+        self.frames_done = 0  # frames through the LSTM
+        self.frames_out = 0  # frames whose audio has been returned
+        self._carry = None
+        self._h = None  # [B*G, m, D']: LSTM outputs of frames [_h_start, frames_done)
+        self._h_start = 0
+
+    def push(self, codes) -> np.ndarray:
+        """Append codes [B, K, n] (n >= 1); -> float32 audio [B, C, m * hop] of the m frames now final."""
+        codes = np.asarray(self.codec._check_codes(codes))
+        if self.codes is None:
+            self.codes = codes
+        elif codes.shape[:2] != self.codes.shape[:2]:
+            raise ValueError(f"codes [{codes.shape[0]}, {codes.shape[1]}, ...] do not continue the stream's "
+                             f"[{self.codes.shape[0]}, {self.codes.shape[1]}, ...]")
+        else:
+            self.codes = np.concatenate([self.codes, codes], axis=-1)
+        return self._advance(final=False)
+
+    def finish(self) -> np.ndarray:
+        """The end of the sequence: -> the audio of every frame not returned yet."""
+        if self.codes is None:
+            raise ValueError("nothing to decode: push codes before finish()")
+        return self._advance(final=True)
+
+    def _advance(self, final: bool) -> np.ndarray:
+        codec, block, hop = self.codec, self.block, self.codec.hop_length
+        total = self.codes.shape[-1]
+        batch_groups = self.codes.shape[0] * codec._groups
+        if self._carry is None:
+            dim = codec.config.num_filters * 2 ** len(codec.config.ratios)
+            zeros = jnp.zeros((batch_groups, dim), jnp.float32)
+            self._carry = ((zeros, zeros),) * codec.config.lstm_layers
+            self._h = np.zeros((batch_groups, 0, dim), np.float32)
+
+        limit = total if final else total - self.code_context  # frames whose first conv output is final
+        while self.frames_done < limit:
+            start = self.frames_done
+            length = min(block, limit - start)
+            lo, window = _window(self.codes, start - self.code_context, block + 2 * self.code_context, total,
+                                 final, axis=2)
+            h, self._carry = codec._stream_start_fn(codec.params, jnp.asarray(window), jnp.int32(start - lo),
+                                                    jnp.int32(length), self._carry, block=block)
+            self._h = np.concatenate([self._h, np.asarray(h)[:, :length]], axis=1)
+            self.frames_done += length
+
+        ready = total if final else self.frames_done - self.context  # frames whose audio is final
+        width = block + 2 * self.context
+        pieces = []
+        while self.frames_out < ready:
+            a = self.frames_out
+            b = min(a + block, ready)
+            lo, window = _window(self._h, b + self.context - width - self._h_start, width,
+                                 self.frames_done - self._h_start, final, axis=1)
+            lo += self._h_start
+            wav = np.asarray(codec._decode_convs_fn(codec.params, jnp.asarray(window)))  # [B, C, W * hop]
+            pieces.append(wav[..., (a - lo) * hop: (b - lo) * hop])
+            self.frames_out = b
+        keep = max(self._h_start, self.frames_out - width)  # the earliest frame a later window reads
+        self._h, self._h_start = self._h[:, keep - self._h_start:], keep
+        if not pieces:
+            return np.zeros((self.codes.shape[0], codec.channels, 0), np.float32)
+        return np.concatenate(pieces, axis=-1)
+
+
+def _window(x: np.ndarray, lo: int, width: int, available: int, final: bool, axis: int) -> tuple[int, np.ndarray]:
+    """`width` steps of x along `axis` from `lo` (clipped at 0) -> (start, window). Past the `available`
+    steps the window is zero-padded, except at the end of the sequence (`final`): a window that would
+    reach past it ends there instead (its padding is then the convolution's own, as in one pass), and
+    holds fewer steps only when the whole sequence is shorter than `width`."""
+    lo = max(0, lo)
+    if final and lo + width > available:
+        lo = max(0, available - width)
+        return lo, np.take(x, range(lo, available), axis=axis)
+    window = np.take(x, range(lo, min(lo + width, available)), axis=axis)
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, width - window.shape[axis])
+    return lo, np.pad(window, pad)

@@ -1,7 +1,7 @@
 """The jitted decode loop: prefill, then one `lax.while_loop` over fixed-size buffers.
 
     buffer [B, K, S]  (delay-patterned: prompt frames and special tokens in place, -1 to generate)
-    prefill steps [0, start) -> tokens of step `start`
+    prefill steps [0, start) -> tokens of step `start`                      -> DecodeState
     while step < end: feed step `step` (one token per codebook) -> tokens of step `step + 1`
 
 Classifier-free guidance doubles the batch inside each model call ([conditional; null]) and mixes
@@ -9,6 +9,11 @@ the raw logits. Sampled tokens are written only where the buffer holds -1, so pr
 specials are never overwritten. `S` and the prefill length are static (bucketed by the caller);
 `start` and `end` are traced, so a new duration or prompt length in the same bucket reuses the
 compiled program.
+
+The loop runs in chunks: `decode_steps` takes a DecodeState (step, buffer, KV caches, key) and runs
+it on to step `end`, its buffers donated, so one compiled program serves every chunk, and
+`prefill -> decode_steps(end=last)` (one chunk) is the whole generation. Streaming calls it with
+successive ends; the random key travels in the state, so the tokens do not depend on the chunking.
 """
 from __future__ import annotations
 
@@ -117,7 +122,7 @@ _LISTENER_IDS = itertools.count(1)
 @contextlib.contextmanager
 def progress_listener(callback: Callable[[int], None] | None) -> Iterator[int]:
     """Register callback(steps done) for the decode calls inside the block; yields the id to pass as
-    `decode(..., progress_id=)` (0 when callback is None). Reports are asynchronous: leaving the
+    `decode_steps(..., progress_id=)` (0 when callback is None). Reports are asynchronous: leaving the
     block waits for those in flight, so none reaches a later listener."""
     if callback is None:
         yield 0
@@ -137,15 +142,13 @@ def _report(listener, step) -> None:
         callback(int(step))
 
 
-def decode(lm: MusicGenLM, params, conditions: Conditions, buffer: Array, start: Array, end: Array,
-           key: Array, settings: DecodeSettings, progress_id: Array | int = 0,
-           cache_dtype=jnp.float32) -> Array:
-    """Fill buffer [B, K, S] from step `start` to step `end` (inclusive); returns the buffer.
+def prefill(lm: MusicGenLM, params, conditions: Conditions, buffer: Array, start: Array, key: Array,
+            settings: DecodeSettings, cache_dtype=jnp.float32) -> DecodeState:
+    """Feed steps [0, start) of buffer [B, K, S] (fully known: prompt frames / specials) in one call of
+    static length `settings.prefill_length`, and write step `start`. -> the state at step `start`.
 
-    Steps [0, start) must be fully known (prompt frames / specials). Traceable: jit it with `lm`,
-    `settings` and `cache_dtype` static. With `lm.mesh`, the buffer, conditions and KV caches are laid
-    out by their logical axes (rows over data x fsdp, heads over tensor). progress_id: a listener
-    from `progress_listener`, told the step count every `settings.progress_every` steps.
+    Traceable: jit it with `lm`, `settings` and `cache_dtype` static. With `lm.mesh`, the buffer,
+    conditions and KV caches are laid out by their logical axes (rows over data x fsdp, heads over tensor).
     """
     mesh = lm.mesh
     batch, _, total = buffer.shape
@@ -158,17 +161,32 @@ def decode(lm: MusicGenLM, params, conditions: Conditions, buffer: Array, start:
     buffer = constrain(buffer.astype(jnp.int32), BUFFER_AXES, mesh)
     start = jnp.asarray(start, jnp.int32)
 
-    # prefill: a static-length call; positions past `start` are junk that later steps overwrite
-    # before they are ever attended (causal mask), and the cache index is reset to the true length.
-    prefill = buffer[:, :, : settings.prefill_length]
-    step_conditions = conditions.without_prefix()
+    # positions past `start` are junk that later steps overwrite before they are ever attended (causal
+    # mask), and the cache index is reset to the true length.
+    prefill_tokens = buffer[:, :, : settings.prefill_length]
     if guidance.enabled and guidance.two_step:
-        conditions, step_conditions = _split_halves(conditions), _split_halves(step_conditions)
-    logits_all, cache = _guided_logits(lm, params, prefill, conditions, cache, guidance)
-    logits = jax.lax.dynamic_slice_in_dim(logits_all, start - 1, 1, axis=2)[:, :, 0]
+        conditions = _split_halves(conditions)
+    logits_all, cache = _guided_logits(lm, params, prefill_tokens, conditions, cache, guidance)
+    logits = jax.lax.dynamic_slice_in_dim(logits_all, start - 1, 1, axis=2)[:, :, 0]  # [B, K, card]
     cache = _set_index(cache, prefix + start)
     key, sub = jax.random.split(key)
     buffer = _write_step(buffer, start, sample_next(sub, logits, settings.sampling))
+    return DecodeState(start, buffer, cache, key)
+
+
+def decode_steps(lm: MusicGenLM, params, conditions: Conditions, state: DecodeState, end: Array,
+                 settings: DecodeSettings, progress_id: Array | int = 0) -> DecodeState:
+    """Run the loop from `state.step` until step `end` is written (nothing when state.step >= end).
+
+    conditions: the same as given to `prefill` (their prefix, if any, is dropped here). Traceable: jit it
+    with `lm` and `settings` static and `state` donated; `end` traced, so every chunk of a generation
+    runs the same program. progress_id: a listener from `progress_listener`, told the step count every
+    `settings.progress_every` steps.
+    """
+    guidance = settings.guidance
+    step_conditions = constrain(conditions, conditions.logical_axes(), lm.mesh).without_prefix()
+    if guidance.enabled and guidance.two_step:
+        step_conditions = _split_halves(step_conditions)
 
     def cond_fn(state: DecodeState):
         return state.step < end
@@ -185,20 +203,23 @@ def decode(lm: MusicGenLM, params, conditions: Conditions, buffer: Array, start:
                          lambda s: jax.debug.callback(_report, progress_id, s), lambda s: None, done)
         return DecodeState(state.step + 1, buffer, cache, key)
 
-    state = jax.lax.while_loop(cond_fn, body_fn, DecodeState(start, buffer, cache, key))
-    return state.buffer
+    state = state.replace(buffer=constrain(state.buffer, BUFFER_AXES, lm.mesh))
+    return jax.lax.while_loop(cond_fn, body_fn, state)
 
 
 # XLA:CPU hands matmuls to YNNPACK by default; for the few-row GEMMs of a decode step its Eigen path is
 # faster (musicgen-small, 16 rows: ~0.52 vs ~0.87 ms per 1024x1024 matmul, 2 cores). CPU only.
 _CPU_DECODE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-_STATIC = ("lm", "settings", "cache_dtype")
 
 
 @functools.cache
-def _jitted_decode(backend: str):
+def _jitted(backend: str):
+    """(prefill, decode_steps) jitted for `backend`: buffers donated (the state is carried chunk to chunk)."""
     options = _CPU_DECODE_OPTIONS if backend == "cpu" and _option_known(_CPU_DECODE_OPTIONS) else None
-    return jax.jit(decode, static_argnames=_STATIC, compiler_options=options)
+    return (jax.jit(prefill, static_argnames=("lm", "settings", "cache_dtype"), donate_argnames=("buffer",),
+                    compiler_options=options),
+            jax.jit(decode_steps, static_argnames=("lm", "settings"), donate_argnames=("state",),
+                    compiler_options=options))
 
 
 def _option_known(options: dict[str, Any]) -> bool:
@@ -211,11 +232,17 @@ def _option_known(options: dict[str, Any]) -> bool:
 
 
 def compiled_decode_programs() -> int:
-    """How many decode programs this backend has compiled (a new shape bucket or setting adds one)."""
-    return _jitted_decode(jax.default_backend())._cache_size()
+    """How many decode programs this backend has compiled (a new shape bucket or setting adds some)."""
+    return sum(fn._cache_size() for fn in _jitted(jax.default_backend()))
 
 
-def decode_jit(lm, params, conditions, buffer, start, end, key, settings, progress_id=0, cache_dtype=jnp.float32):
-    """`decode`, jitted with `lm`, `settings` and `cache_dtype` static."""
-    return _jitted_decode(jax.default_backend())(lm, params, conditions, buffer, start, end, key, settings,
-                                                  jnp.int32(progress_id), cache_dtype)
+def prefill_jit(lm, params, conditions, buffer, start, key, settings, cache_dtype=jnp.float32) -> DecodeState:
+    """`prefill`, jitted with `lm`, `settings` and `cache_dtype` static; `buffer` is donated."""
+    return _jitted(jax.default_backend())[0](lm, params, conditions, buffer, start, key, settings,
+                                             cache_dtype=cache_dtype)
+
+
+def decode_steps_jit(lm, params, conditions, state: DecodeState, end, settings, progress_id=0) -> DecodeState:
+    """`decode_steps`, jitted with `lm` and `settings` static; `state` is donated (do not use it after)."""
+    return _jitted(jax.default_backend())[1](lm, params, conditions, state, jnp.int32(end), settings,
+                                             jnp.int32(progress_id))

@@ -3,6 +3,7 @@
     mg = MusicGen.from_pretrained("facebook/musicgen-small")
     mg.set_generation_params(duration=8.0)
     wav = mg.generate(["lofi hip hop with a mellow piano"], progress=True)   # [B, C, N] at 32 kHz
+    for chunk in mg.generate_stream(["lofi hip hop"], chunk_seconds=1.0): ...  # [B, C, n], as it comes
 
 A thin facade: loading is convert/checkpoint.py, token generation (conditions, windows, buckets,
 progress) is sampler.py, audio is codec.py. This class checks user input, keeps the generation
@@ -10,7 +11,7 @@ settings, and turns codes into audio.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,16 +39,17 @@ class MusicGen:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "facebook/musicgen-small", *, dtype=jnp.float32,
-                        mesh=None, duration_limit: float | None = None) -> "MusicGen":
+                        mesh=None, duration_limit: float | None = None, adapters: str | None = None) -> "MusicGen":
         """A hub name ('facebook/musicgen-small', or a preset name such as 'small') or a local directory,
         in the transformers or the audiocraft layout. dtype: compute dtype (bf16: params, norms and
         logits stay fp32). mesh: generate across its devices (see `shard`). duration_limit: the most
-        seconds one call may generate (default 600, see `set_generation_params`)."""
+        seconds one call may generate (default 600, see `set_generation_params`). adapters: a LoRA adapter
+        folder for this base (PEFT's format, e.g. from `musicgen-jax export --adapter-only`), merged in memory."""
         from musicgen_jax.convert.checkpoint import load_checkpoint
         from musicgen_jax.modules.lm import MusicGenLM, unstack_layers
         from musicgen_jax.modules.t5 import T5Encoder
 
-        ckpt = load_checkpoint(name_or_path)
+        ckpt = load_checkpoint(name_or_path, adapters=adapters)
         config = ckpt.config
         # inference layout: one module per layer (see MusicGenLM.scan_layers)
         lm_params = jax.tree.map(jnp.asarray, unstack_layers(ckpt.lm_params, config.lm.num_layers))
@@ -146,12 +148,7 @@ class MusicGen:
                               return_tokens: bool = False, seed: int | None = None):
         """Continue audio prompt [B, C, N] (or [C, N]) at prompt_sample_rate; the prompt stays in the output.
         The prompt is float audio in [-1, 1] (integer PCM is refused, see `float_audio`)."""
-        prompt = prepare_prompt(prompt, prompt_sample_rate, self.sample_rate, self.duration)
-        if descriptions is None:
-            descriptions = [None] * prompt.shape[0]
-        descriptions = check_descriptions(descriptions, allow_none=True)
-        if len(descriptions) != prompt.shape[0]:
-            raise ValueError(f"{len(descriptions)} descriptions for {prompt.shape[0]} prompt waveforms")
+        descriptions, prompt = self._continuation_inputs(prompt, prompt_sample_rate, descriptions)
         return self._generate(descriptions, progress, return_tokens, seed, prompt=prompt)
 
     def generate_with_chroma(self, descriptions: Sequence[str | None], melody_wavs=None,
@@ -162,6 +159,66 @@ class MusicGen:
         refused, see `float_audio`). Or pass precomputed `chroma` [B, F, 12] (tiled/cut to the window).
         Drums and bass are not removed (audiocraft runs a source separator first): give a melodic stem
         for results closest to audiocraft's."""
+        descriptions, melody = self._melody_inputs(descriptions, melody_wavs, melody_sample_rate, chroma)
+        return self._generate(descriptions, progress, return_tokens, seed, melody=melody)
+
+    def generate_stream(self, descriptions: Sequence[str | None] | None, *, prompt=None,
+                        prompt_sample_rate: int | None = None, melody_wavs=None,
+                        melody_sample_rate: int | None = None, chunk_seconds: float = 1.0,
+                        seed: int | None = None, progress: bool = False) -> Iterator[np.ndarray]:
+        """The audio of `generate` (or, with `prompt`, of `generate_continuation`; with `melody_wavs`, of
+        `generate_with_chroma`) as it is generated: an iterator of float32 chunks [B, C, n] (n > 0) whose
+        concatenation is that call's result, from the same tokens (same settings and seed), decoded with the
+        same audio (up to float rounding: the codec runs on windows of other shapes). Long-form (duration
+        past the window) streams across the windows; a continuation yields its prompt part first.
+
+        The LM runs `chunk_seconds` of frames at a time; each chunk's audio comes once its frames are
+        complete and the codec has the few frames of context after them it needs (7 at 50 Hz), so the
+        first chunk comes after about chunk_seconds of generation. Inputs are checked here, as the one-shot
+        calls check them; the work runs while the iterator is advanced: nothing runs between two chunks,
+        and closing it (`close()`, or leaving a for loop) ends the generation there.
+        """
+        chunk = check_number("chunk_seconds", chunk_seconds, 0.0, strict=True)
+        melody = None
+        if prompt is not None and melody_wavs is not None:
+            raise ValueError("give a prompt (continuation) or melody_wavs (melody conditioning), not both")
+        if prompt is None and prompt_sample_rate is not None:
+            raise ValueError("prompt_sample_rate is given without a prompt")
+        if melody_wavs is None and melody_sample_rate is not None:
+            raise ValueError("melody_sample_rate is given without melody_wavs")
+        if melody_wavs is not None:
+            descriptions, melody = self._melody_inputs(descriptions, melody_wavs, melody_sample_rate, None)
+        elif prompt is not None:
+            descriptions, prompt = self._continuation_inputs(prompt, prompt_sample_rate, descriptions)
+        else:
+            descriptions = check_descriptions(descriptions)
+        frames = max(1, round(chunk * self.frame_rate))
+        codes = self._codes(descriptions, progress, seed, prompt, melody, chunk_frames=frames)
+        return self._audio_stream(codes, frames)
+
+    def _audio_stream(self, codes: Iterator[jax.Array], chunk_frames: int) -> Iterator[np.ndarray]:
+        decoder = self.compression_model.stream_decoder(chunk_frames)
+        try:
+            for piece in codes:  # [B, K, n] new final frames
+                audio = decoder.push(piece)
+                if audio.shape[-1]:
+                    yield audio
+            audio = decoder.finish()
+            if audio.shape[-1]:
+                yield audio
+        finally:
+            codes.close()  # stops the generation when the consumer stops early
+
+    def _continuation_inputs(self, prompt, prompt_sample_rate, descriptions) -> tuple[list, np.ndarray]:
+        prompt = prepare_prompt(prompt, prompt_sample_rate, self.sample_rate, self.duration)
+        if descriptions is None:
+            descriptions = [None] * prompt.shape[0]
+        descriptions = check_descriptions(descriptions, allow_none=True)
+        if len(descriptions) != prompt.shape[0]:
+            raise ValueError(f"{len(descriptions)} descriptions for {prompt.shape[0]} prompt waveforms")
+        return descriptions, prompt
+
+    def _melody_inputs(self, descriptions, melody_wavs, melody_sample_rate, chroma) -> tuple[list, object]:
         if not self.config.lm.is_melody:
             raise ValueError(f"{self.config.name} is not a melody model: use generate() or a musicgen-melody "
                              "checkpoint")
@@ -169,10 +226,8 @@ class MusicGen:
         if (melody_wavs is None) == (chroma is None):
             raise ValueError("give either melody_wavs (with melody_sample_rate) or a precomputed chroma")
         if chroma is not None:
-            melody = check_chroma(chroma, len(descriptions), self.config.lm.chroma_bins)
-        else:
-            melody = prepare_melodies(melody_wavs, melody_sample_rate, len(descriptions), self.sample_rate)
-        return self._generate(descriptions, progress, return_tokens, seed, melody=melody)
+            return descriptions, check_chroma(chroma, len(descriptions), self.config.lm.chroma_bins)
+        return descriptions, prepare_melodies(melody_wavs, melody_sample_rate, len(descriptions), self.sample_rate)
 
     def encode_text(self, descriptions: Sequence[str | None]) -> tuple[jax.Array, jax.Array]:
         """T5 features [B, S, D] and mask [B, S]; a None description is the null condition (mask 0)."""
@@ -181,21 +236,34 @@ class MusicGen:
     def _generate(self, descriptions, progress: bool, return_tokens: bool, seed: int | None, *,
                   prompt: np.ndarray | None = None, melody=None):
         """Checks the call's own arguments, then generates (audio prompt encoded here, after the checks)."""
-        progress, return_tokens = check_flag("progress", progress), check_flag("return_tokens", return_tokens)
+        return_tokens = check_flag("return_tokens", return_tokens)
+        pieces = list(self._codes(descriptions, progress, seed, prompt, melody))  # one per window
+        tokens = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
+        wav = self.compression_model.decode(tokens)
+        return (wav, tokens) if return_tokens else wav
+
+    def _codes(self, descriptions, progress: bool, seed: int | None, prompt: np.ndarray | None, melody,
+               chunk_frames: int | None = None) -> Iterator[jax.Array]:
+        """Checks progress, seed and duration now; -> the sampler's iterator of codes [B, K, n] (one piece per
+        window without chunk_frames). The audio prompt is encoded when the iterator starts."""
+        progress = check_flag("progress", progress)
         seed = check_seed(seed)
         params = self.generation_params
         frames = int(params.duration * self.frame_rate)
         if frames < 1:
             raise ValueError(f"duration {params.duration:g} s is shorter than one frame "
                              f"({1 / self.frame_rate:g} s at {self.frame_rate:g} Hz)")
+        self.sampler.plan(params)
         key = jax.random.PRNGKey(np.random.randint(0, 2 ** 31 - 1) if seed is None else seed)
-        reporter = Progress(frames, progress, self._progress_callback,
-                            desc=f"generating {len(descriptions)} sample(s)")
-        prompt_tokens = None if prompt is None else self.compression_model.encode(prompt)
-        tokens = self.sampler.generate(descriptions, params, key, prompt_tokens=prompt_tokens, melody=melody,
-                                       progress=reporter)
-        wav = self.compression_model.decode(tokens)
-        return (wav, tokens) if return_tokens else wav
+
+        def start():
+            prompt_tokens = None if prompt is None else self.compression_model.encode(prompt)
+            reporter = Progress(frames, progress, self._progress_callback,
+                                desc=f"generating {len(descriptions)} sample(s)")
+            yield from self.sampler.stream(descriptions, params, key, prompt_tokens=prompt_tokens, melody=melody,
+                                           progress=reporter, chunk_frames=chunk_frames)
+
+        return start()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -7,13 +7,17 @@ user input and decodes audio, this module turns checked inputs into codes [B, K,
 (`GenerationParams`, a `Progress`); a `Sampler` holds only the model and its weights.
 
     descriptions --Conditioner--> Conditions ([conditional; null] rows with CFG)
-    window of F frames: the LM's codebook pattern -> bucketed buffer [B, K, S] -> decode_jit -> revert -> [B, K, F]
+    window of F frames: the LM's codebook pattern -> bucketed buffer [B, K, S] -> prefill, then the loop
+        in chunks of steps (`decode_steps`, state carried) -> revert -> [B, K, F]
     long-form (duration > window): windows restart from the last (window - stride) frames
+
+`Sampler.stream` yields the codes as frames complete (a chunk of `chunk_frames` frames at a time);
+`Sampler.generate` is the same code with one chunk per window, so both give the same tokens.
 """
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,10 +25,10 @@ import numpy as np
 
 from musicgen_jax import sharding
 from musicgen_jax.config import GenerationParams, MusicGenConfig
-from musicgen_jax.generate import BUFFER_AXES, DecodeSettings, decode_jit, progress_listener
+from musicgen_jax.generate import BUFFER_AXES, DecodeSettings, decode_steps_jit, prefill_jit, progress_listener
 from musicgen_jax.modules.lm import Conditions, MusicGenLM, dummy_inputs
 from musicgen_jax.modules.t5 import T5Encoder, init_t5
-from musicgen_jax.patterns import first_generated_step, generation_buffer
+from musicgen_jax.patterns import Pattern, first_generated_step, generation_buffer
 from musicgen_jax.tokenizer import T5Tokenizer
 
 ProgressCallback = Callable[[int, int], None]  # (frames generated, frames to generate)
@@ -34,6 +38,28 @@ def bucket(n: int, size: int, cap: int | None = None) -> int:
     """Round n up to a multiple of `size` (at most `cap`, never below n)."""
     b = -(-n // size) * size
     return max(n, min(b, cap)) if cap else b
+
+
+def frames_done_steps(pattern: Pattern) -> np.ndarray:
+    """[T] int: once the steps [0, done[t]] of the pattern's sequence are written, frames [0, t] are complete
+    (every codebook's token written; for the delay pattern done[t] = t + 1 + max delay)."""
+    return np.maximum.accumulate(pattern.step_of_frame().max(axis=0))
+
+
+def complete_frames(pattern: Pattern) -> np.ndarray:
+    """[S] int: how many leading frames are complete once the steps [0, s] are written."""
+    return np.searchsorted(frames_done_steps(pattern), np.arange(pattern.num_steps), side="right")
+
+
+def chunk_ends(pattern: Pattern, prompt_frames: int, start: int, chunk_frames: int | None) -> list[int]:
+    """The steps at which the decode loop pauses, ending with the pattern's last step: each chunk completes
+    `chunk_frames` more frames (the first chunk: past the prompt). chunk_frames None: one chunk."""
+    last = pattern.num_steps - 1
+    if chunk_frames is None:
+        return [last]
+    done = frames_done_steps(pattern)
+    ends = {int(done[t - 1]) for t in range(prompt_frames + chunk_frames, pattern.timesteps, chunk_frames)}
+    return sorted({e for e in ends if start < e < last} | {last})
 
 
 class Progress:
@@ -73,8 +99,9 @@ class Progress:
         else:
             print(line)
 
-    def close(self) -> None:
-        if self._done < self.total:
+    def close(self, complete: bool = True) -> None:
+        """Finish the bar (and tell the callback the total, when `complete` and not yet told)."""
+        if complete and self._done < self.total:
             self.report(self.total)
         if self.bar is not None:
             self.bar.close()
@@ -190,6 +217,28 @@ class Sampler:
         (list of mono wavs at the model rate, or chroma [B, F, 12]) gives each window the chroma of its
         own span (wavs) or the same chroma (precomputed), as audiocraft does.
         """
+        pieces = list(self.stream(descriptions, params, key, prompt_tokens=prompt_tokens, melody=melody,
+                                  progress=progress))
+        return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
+
+    def stream(self, descriptions: Sequence[str | None], params: GenerationParams, key: jax.Array, *,
+               prompt_tokens: jax.Array | None = None, melody=None, progress: Progress | None = None,
+               chunk_frames: int | None = None) -> Iterator[jax.Array]:
+        """`generate`'s codes as they become final: an iterator of codes [B, K, n] (n > 0) whose concatenation
+        is `generate`'s result, token for token (the random key travels with the loop).
+
+        The loop pauses after every `chunk_frames` frames (None: only at the end of each window) and yields
+        the frames completed since the last pause. Settings are checked here; the work runs while the
+        iterator is advanced, and stops when it is closed (nothing runs between two `next` calls).
+        """
+        total, window, stride = self.plan(params)
+        if chunk_frames is not None and not (isinstance(chunk_frames, int) and chunk_frames >= 1):
+            raise ValueError(f"chunk_frames must be a positive integer or None, got {chunk_frames!r}")
+        return self._stream(descriptions, params, key, prompt_tokens, melody, progress or Progress(total),
+                            chunk_frames, total, window, stride)
+
+    def plan(self, params: GenerationParams) -> tuple[int, int, int]:
+        """(frames to generate, window, stride) in frames, or ValueError for a stride that cannot serve."""
         frame_rate = self.config.frame_rate
         total = int(params.duration * frame_rate)
         window = int(self.config.max_duration * frame_rate)
@@ -197,7 +246,11 @@ class Sampler:
         if total > window and not 0 < stride < window:
             raise ValueError(f"extend_stride ({params.extend_stride} s) must be at least one frame and shorter "
                              f"than the model's window ({self.config.max_duration} s) to generate past it")
-        progress = progress or Progress(total)
+        return total, window, stride
+
+    def _stream(self, descriptions, params: GenerationParams, key, prompt_tokens, melody, progress: Progress,
+                chunk_frames, total: int, window: int, stride: int) -> Iterator[jax.Array]:
+        frame_rate = self.config.frame_rate
         use_cfg = params.guidance.enabled
 
         def conditions_at(offset):
@@ -206,26 +259,37 @@ class Sampler:
                 self.config.sample_rate)
             return self.conditioner(self.lm_params, self.t5_params, descriptions, use_cfg, chroma)
 
-        per_window = melody is not None and isinstance(melody, list) and total > window
-        conditions = None if per_window else conditions_at(None)
-        pieces = []  # the first window whole (with any audio prompt), then each later window's new frames
-        offset = 0
-        while True:
-            frames = min(total - offset, window)
-            key, sub = jax.random.split(key) if total > window else (key, key)
-            window_conditions = conditions_at(offset) if per_window else conditions
-            generated = self._window(window_conditions, prompt_tokens, frames, sub, params, progress, offset)
-            pieces.append(generated[:, :, prompt_tokens.shape[-1]:] if pieces else generated)
-            if offset + frames >= total:
-                break
-            prompt_tokens = generated[:, :, stride:]
-            offset += stride
-        progress.close()
-        return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)[:, :, :total]
+        completed = False
+        try:
+            per_window = melody is not None and isinstance(melody, list) and total > window
+            conditions = None if per_window else conditions_at(None)
+            emitted = 0  # frames of the whole piece yielded so far
+            offset = 0  # the window's first frame: later windows start with the last (window - stride) frames
+            while True:  # of the one before, already yielded
+                frames = min(total - offset, window)
+                key, sub = jax.random.split(key) if total > window else (key, key)
+                window_conditions = conditions_at(offset) if per_window else conditions
+                for codes, ready in self._window(window_conditions, prompt_tokens, frames, sub, params, progress,
+                                                 offset, chunk_frames):
+                    upto = min(total, offset + ready)
+                    if upto > emitted:
+                        lo, hi = emitted - offset, upto - offset
+                        yield codes if (lo, hi) == (0, frames) else codes[:, :, lo:hi]  # [B, K, new frames]
+                        emitted = upto
+                if offset + frames >= total:
+                    break
+                prompt_tokens = codes[:, :, stride:]
+                offset += stride
+            completed = True
+        finally:
+            progress.close(completed)
 
     def _window(self, conditions: Conditions, prompt_tokens, frames: int, key, params: GenerationParams,
-                progress: Progress, offset: int) -> jax.Array:
-        """One window of `frames` frames (prompt included) -> codes [B, K, frames]."""
+                progress: Progress, offset: int, chunk_frames: int | None
+                ) -> Iterator[tuple[jax.Array, int]]:
+        """One window of `frames` frames (prompt included), generated in chunks (`chunk_ends`): yields after
+        each chunk (codes [B, K, frames], frames not complete yet holding the special token; the number of
+        leading frames complete)."""
         c = self.config.lm
         batch = conditions.batch_size // (2 if params.guidance.enabled else 1)
         if prompt_tokens is None:
@@ -244,7 +308,11 @@ class Sampler:
             progress_every=self.bucket_frames if listener else 0)
         buffer = sharding.place(buffer, BUFFER_AXES, self.mesh)
         conditions = sharding.place(conditions, conditions.logical_axes(), self.mesh)
+        complete = complete_frames(pattern)  # [S]
         with progress_listener(listener) as listener_id:
-            out = decode_jit(self.lm, self.lm_params, conditions, buffer, start, steps - 1, key, settings,
-                             listener_id, cache_dtype=self.lm.dtype)
-        return pattern.revert(out[:, :, :steps], c.special_token)
+            state = prefill_jit(self.lm, self.lm_params, conditions, buffer, start, key, settings,
+                                cache_dtype=self.lm.dtype)
+            for end in chunk_ends(pattern, prompt_tokens.shape[-1], start, chunk_frames):
+                state = decode_steps_jit(self.lm, self.lm_params, conditions, state, end, settings, listener_id)
+                codes = pattern.revert(state.buffer[:, :, :steps], c.special_token)  # [B, K, frames]
+                yield codes.block_until_ready(), int(complete[end])  # the chunk is done: nothing runs on

@@ -56,6 +56,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("conv_in", None),
     ("conv_out", None),
     ("lstm_gates", None),
+    ("lora_rank", None),  # LoRA adapters' rank dimension (modules/lora.py)
 )
 
 

@@ -170,10 +170,10 @@ def test_long_form_windows_restart_from_the_stride(tiny, monkeypatch):
     calls = []
     inner = Sampler._window
 
-    def spy(self, conditions, prompt_tokens, frames, *args):
-        out = inner(self, conditions, prompt_tokens, frames, *args)
+    def spy(self, conditions, prompt_tokens, frames, *args):  # a window yields (codes, frames done) per chunk
+        for out, done in inner(self, conditions, prompt_tokens, frames, *args):
+            yield out, done
         calls.append((None if prompt_tokens is None else np.asarray(prompt_tokens), frames, np.asarray(out)))
-        return out
 
     monkeypatch.setattr(Sampler, "_window", spy)
     short.set_generation_params(duration=100 / mg.frame_rate, use_sampling=False, cfg_coef=3.0,

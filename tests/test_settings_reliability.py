@@ -52,13 +52,13 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture
 def load_tiny(tiny_checkpoint, monkeypatch):
     """MusicGen.from_pretrained(any name) -> the tiny model."""
-    monkeypatch.setattr(checkpoint_module, "load_checkpoint", lambda name: tiny_checkpoint)
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", lambda name, **kwargs: tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")
 def mg(tiny_checkpoint):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(checkpoint_module, "load_checkpoint", lambda name: tiny_checkpoint)
+        patch.setattr(checkpoint_module, "load_checkpoint", lambda name, **kwargs: tiny_checkpoint)
         model = MusicGen.from_pretrained("tiny")
     model.set_generation_params(duration=FRAMES / model.frame_rate)
     return model

@@ -41,11 +41,19 @@ class Checkpoint:
     layout: str  # "transformers" or "audiocraft"
 
 
-def load_checkpoint(name_or_path: str) -> Checkpoint:
-    """A MusicGen checkpoint (hub name, preset name such as 'small', or local directory) in either layout."""
+def load_checkpoint(name_or_path: str, adapters: str | None = None) -> Checkpoint:
+    """A MusicGen checkpoint (hub name, preset name such as 'small', or local directory) in either layout.
+
+    adapters: a LoRA adapter folder (PEFT's format: `musicgen-jax export --adapter-only`, or one trained
+    with transformers + peft) for this base, merged into the LM weights in memory (convert/adapters.py)."""
     directory, layout = hub.resolve_musicgen(official_repo(name_or_path))
     load = _load_audiocraft if layout == hub.AUDIOCRAFT else _load_transformers
-    return load(directory)
+    ckpt = load(directory)
+    if adapters is not None:
+        from musicgen_jax.convert.adapters import apply_adapters
+
+        ckpt = dataclasses.replace(ckpt, lm_params=apply_adapters(ckpt.lm_params, ckpt.config.lm, adapters))
+    return ckpt
 
 
 def default_generation(max_duration: float, **changes) -> GenerationParams:

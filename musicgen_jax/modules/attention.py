@@ -74,6 +74,8 @@ class Attention(nn.Module):
     """Multi-head attention; kernels [embed, heads, kv] and [heads, kv, embed] as in t5x.
 
     scale_queries: multiply logits by 1/sqrt(head_dim) (MusicGen); T5 folds that into its weights.
+    lora: a `modules.lora.LoraConfig`: adapters on those projections it targets as
+    `{lora_block}.{query,key,value,out}` (see modules/lora.py); None: none.
     """
 
     features: int  # model width: input of the projections, output of `out`
@@ -82,15 +84,20 @@ class Attention(nn.Module):
     scale_queries: bool = True
     dtype: Any = jnp.float32
     kernel_init: Any = None  # None: Dense's fan-in aware default
+    lora: Any = None
+    lora_block: str = ""  # "self_attn" / "cross_attn": the prefix of this block's LoRA target names
 
     def setup(self):
+        def lora(projection: str):
+            return None if self.lora is None else self.lora.for_target(f"{self.lora_block}.{projection}")
+
         qkv = dict(features=(self.num_heads, self.head_dim), kernel_axes=("embed", "heads", "kv"),
                    dtype=self.dtype, kernel_init=self.kernel_init)
-        self.query = Dense(**qkv)
-        self.key = Dense(**qkv)
-        self.value = Dense(**qkv)
+        self.query = Dense(**qkv, lora=lora("query"))
+        self.key = Dense(**qkv, lora=lora("key"))
+        self.value = Dense(**qkv, lora=lora("value"))
         self.out = Dense(self.features, kernel_axes=("heads", "kv", "embed"), axis=(-2, -1),
-                         dtype=self.dtype, kernel_init=self.kernel_init)
+                         dtype=self.dtype, kernel_init=self.kernel_init, lora=lora("out"))
 
     def _heads_major(self, x: Array) -> Array:
         return x.transpose(0, 2, 1, 3)  # [B, T, H, D] -> [B, H, T, D]

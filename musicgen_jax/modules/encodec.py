@@ -117,36 +117,45 @@ class ConvTranspose1d(nn.Module):
 
 
 class LSTM(nn.Module):
-    """Stacked LSTM (torch gate order i, f, g, o) with the skip connection around it. x [B, T, C]."""
+    """Stacked LSTM (torch gate order i, f, g, o) with the skip connection around it. x [B, T, C].
+
+    Returns (y [B, T, C], carry): carry holds each layer's (h, c) [B, C] after the first `length` steps
+    (default: all T; later steps leave it as it is), and given back as `carry` it continues the sequence
+    (streaming decode, codec.py). Default start: zeros."""
 
     num_layers: int
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, carry=None, length: Array | None = None):
         dim = x.shape[-1]
-        h = x
+        if carry is None:
+            zeros = jnp.zeros((x.shape[0], dim), x.dtype)
+            carry = ((zeros, zeros),) * self.num_layers
+        h, out = x, []
         for layer in range(self.num_layers):
-            h = self._layer(h, dim, f"layer_{layer}")
-        return h + x
+            h, last = self._layer(h, dim, f"layer_{layer}", carry[layer], length)
+            out.append(last)
+        return h + x, tuple(out)
 
-    def _layer(self, x: Array, dim: int, name: str) -> Array:
+    def _layer(self, x: Array, dim: int, name: str, carry, length):
         init = nn.initializers.uniform(scale=2 / math.sqrt(dim))
         w_in = param_with_axes(self, f"{name}_w_in", init, (dim, 4 * dim), ("embed", "lstm_gates"))
         w_rec = param_with_axes(self, f"{name}_w_rec", init, (dim, 4 * dim), ("embed", "lstm_gates"))
         bias = param_with_axes(self, f"{name}_bias", nn.initializers.zeros, (4 * dim,), ("lstm_gates",))
         gates_in = jnp.einsum("btc,cg->tbg", x, w_in) + bias  # [T, B, 4C]: input part, all steps at once
 
-        def step(carry, g_in):
-            h, c = carry
+        def step(state, inputs):
+            (h, c), (g_in, t) = state, inputs
             g = g_in + h @ w_rec
             i, f, gg, o = jnp.split(g, 4, axis=-1)
-            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(gg)
-            h = jax.nn.sigmoid(o) * jnp.tanh(c)
-            return (h, c), h
+            c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(gg)
+            h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+            if length is not None:  # steps past `length` keep the carry
+                h_new, c_new = jnp.where(t < length, h_new, h), jnp.where(t < length, c_new, c)
+            return (h_new, c_new), h_new
 
-        zeros = jnp.zeros((x.shape[0], dim), x.dtype)
-        _, hs = jax.lax.scan(step, (zeros, zeros), gates_in)
-        return hs.transpose(1, 0, 2)  # [B, T, C]
+        last, hs = jax.lax.scan(step, carry, (gates_in, jnp.arange(x.shape[1])))
+        return hs.transpose(1, 0, 2), last  # [B, T, C]
 
 
 class ResidualBlock(nn.Module):
@@ -210,26 +219,33 @@ class SEANetEncoder(nn.Module):
             if part == "convs":
                 return x
         if c.lstm_layers:
-            x = LSTM(c.lstm_layers, name="lstm")(x)
+            x = LSTM(c.lstm_layers, name="lstm")(x)[0]
         return Conv1d(c.dimension, c.last_kernel_size, name="conv_out", **conv)(jax.nn.elu(x))
 
 
 class SEANetDecoder(nn.Module):
     """latents [B, T, D] -> wav [B, T * hop, C]; no final activation.
 
-    part "start": latents -> the frame-rate part's output [B, T, D']; part "convs": that -> wav."""
+    part "start": latents -> the frame-rate part's output [B, T, D']; part "convs": that -> wav. For
+    streaming, "start" splits further: part "conv_in" (latents -> the first conv's output) and part "lstm"
+    (that -> (the start's output, LSTM carry), from `carry`, see LSTM)."""
 
     cfg: EncodecConfig
 
     @nn.compact
-    def __call__(self, x: Array, part: str = "all") -> Array:
+    def __call__(self, x: Array, part: str = "all", carry=None, length: Array | None = None):
         c = self.cfg
         conv = dict(causal=c.causal, pad_mode=c.pad_mode)
         dim = c.num_filters * 2 ** len(c.ratios)
-        if part in ("all", "start"):
+        if part in ("all", "start", "conv_in"):
             x = Conv1d(dim, c.kernel_size, name="conv_in", **conv)(x)
+            if part == "conv_in":
+                return x
+        if part in ("all", "start", "lstm"):
             if c.lstm_layers:
-                x = LSTM(c.lstm_layers, name="lstm")(x)
+                x, carry = LSTM(c.lstm_layers, name="lstm")(x, carry, length)
+            if part == "lstm":
+                return x, carry
             if part == "start":
                 return x
         for i, ratio in enumerate(c.ratios):
@@ -313,6 +329,15 @@ class Encodec(nn.Module):
     def decode_convs(self, h: Array) -> Array:
         """`decode_start`'s output -> wav [B, T * hop, C]."""
         return self.decoder(h, part="convs")
+
+    # `decode_start` in two, for streaming: the first conv (a few frames of context) and the LSTM (state)
+    def decode_conv_in(self, codes: Array) -> Array:
+        """codes [B, K, T] -> [B, T, D']: the decoder's first convolution."""
+        return self.decoder(self.quantizer.decode(codes), part="conv_in")
+
+    def decode_lstm(self, h: Array, carry=None, length: Array | None = None):
+        """`decode_conv_in`'s output -> (`decode_start`'s output, LSTM carry after `length` frames)."""
+        return self.decoder(h, part="lstm", carry=carry, length=length)
 
     def __call__(self, wav: Array) -> Array:
         return self.decode(self.encode(wav))

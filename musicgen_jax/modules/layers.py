@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from musicgen_jax.modules.lora import lora_branch
+
 Array = jax.Array
 Dtype = Any
 
@@ -33,6 +35,7 @@ class Dense(nn.Module):
 
     features: output feature shape; axis: input axes contracted (default the last).
     kernel_axes: names for kernel dims = contracted input dims + output feature dims.
+    lora: a `modules.lora.LoraConfig` to add a low-rank adapter (params lora_a, lora_b), or None.
     """
 
     features: int | tuple[int, ...]
@@ -41,6 +44,7 @@ class Dense(nn.Module):
     use_bias: bool = False
     dtype: Dtype = jnp.float32
     kernel_init: Any = None  # default: LeCun normal with the fan-in of all contracted axes
+    lora: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -53,6 +57,8 @@ class Dense(nn.Module):
         x = x.astype(self.dtype)
         contract = tuple(range(len(axis)))
         y = jax.lax.dot_general(x, kernel.astype(self.dtype), ((axis, contract), ((), ())))
+        if self.lora is not None:
+            y = y + lora_branch(self, x, axis, features, self.kernel_axes, self.lora, self.dtype)
         if self.use_bias:
             bias_axes = self.kernel_axes[len(axis):]
             bias = param_with_axes(self, "bias", nn.initializers.zeros, features, bias_axes)

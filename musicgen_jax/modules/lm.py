@@ -121,18 +121,20 @@ class DecoderLayer(nn.Module):
 
     config: LMConfig
     dtype: Any = jnp.float32
+    lora: Any = None  # modules.lora.LoraConfig: adapters on its targets, or None
 
     def setup(self):
         c = self.config
-        attn = dict(features=c.dim, num_heads=c.num_heads, head_dim=c.head_dim, dtype=self.dtype)
+        attn = dict(features=c.dim, num_heads=c.num_heads, head_dim=c.head_dim, dtype=self.dtype, lora=self.lora)
+        ffn_lora = (lambda name: None) if self.lora is None else self.lora.for_target
         self.self_attn_norm = LayerNorm(c.layer_norm_eps)
-        self.self_attn = Attention(**attn)
+        self.self_attn = Attention(**attn, lora_block="self_attn")
         if c.cross_attention:
             self.cross_attn_norm = LayerNorm(c.layer_norm_eps)
-            self.cross_attn = Attention(**attn)
+            self.cross_attn = Attention(**attn, lora_block="cross_attn")
         self.ffn_norm = LayerNorm(c.layer_norm_eps)
-        self.fc1 = Dense(c.ffn_dim, kernel_axes=("embed", "mlp"), dtype=self.dtype)
-        self.fc2 = Dense(c.dim, kernel_axes=("mlp", "embed"), dtype=self.dtype)
+        self.fc1 = Dense(c.ffn_dim, kernel_axes=("embed", "mlp"), dtype=self.dtype, lora=ffn_lora("fc1"))
+        self.fc2 = Dense(c.dim, kernel_axes=("mlp", "embed"), dtype=self.dtype, lora=ffn_lora("fc2"))
 
     def __call__(self, x: Array, kv: tuple[Array, Array] | None, cross_kv: CrossKV | None,
                  memory: Array | None, index: Array | None):
@@ -165,6 +167,9 @@ class MusicGenLM(nn.Module):
     training). False: one module per layer (`layers_0` ...), the inference layout: slicing stacked
     weights inside a step costs XLA a copy of every weight, tripling a memory-bound decode step's
     traffic. `unstack_layers` / `stack_layers` convert between the two param layouts.
+
+    lora: a `modules.lora.LoraConfig` adds low-rank adapters (lora_a / lora_b next to each targeted
+    kernel; training). Their dropout runs when applied with a "dropout" rng.
     """
 
     config: LMConfig
@@ -172,6 +177,7 @@ class MusicGenLM(nn.Module):
     remat: bool = False  # rematerialise each layer in the backward pass (training)
     scan_layers: bool = True
     mesh: Any = None  # a jax Mesh: hidden states and logits are constrained by their logical axes
+    lora: Any = None
 
     def setup(self):
         c = self.config
@@ -186,17 +192,17 @@ class MusicGenLM(nn.Module):
         if self.remat:
             layer = nn.remat(layer, prevent_cse=False)
         if not self.scan_layers:
-            self.layer_list = [layer(c, self.dtype, name=f"layers_{i}") for i in range(c.num_layers)]
+            self.layer_list = [layer(c, self.dtype, self.lora, name=f"layers_{i}") for i in range(c.num_layers)]
             return self._setup_head()
         self.layers = nn.scan(
             layer,
             variable_axes={"params": 0},
-            split_rngs={"params": True},
+            split_rngs={"params": True, "dropout": True},
             in_axes=(0, 0, nn.broadcast, nn.broadcast),
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
             methods=["__call__", "project_cross_kv"],
-        )(c, self.dtype, name="layers")
+        )(c, self.dtype, self.lora, name="layers")
         self._setup_head()
 
     def _setup_head(self):
@@ -335,9 +341,10 @@ def dummy_inputs(config: LMConfig, batch: int = 1) -> dict[str, Any]:
     return kwargs
 
 
-def init_lm(config: LMConfig, rng: Array, dtype=jnp.float32, remat: bool = False) -> Any:
-    """Random (boxed, logically partitioned) variables {'params': ...} in the scanned layout."""
-    return MusicGenLM(config, dtype=dtype, remat=remat).init(rng, **dummy_inputs(config))
+def init_lm(config: LMConfig, rng: Array, dtype=jnp.float32, remat: bool = False, lora: Any = None) -> Any:
+    """Random (boxed, logically partitioned) variables {'params': ...} in the scanned layout (with
+    adapters when `lora` is a LoraConfig)."""
+    return MusicGenLM(config, dtype=dtype, remat=remat, lora=lora).init(rng, **dummy_inputs(config))
 
 
 def unstack_layers(params: Any, num_layers: int) -> Any:

@@ -3,7 +3,7 @@ imports this module only when one of them runs):
 
     musicgen-jax prepare AUDIO_DIR OUT_DIR [--codec facebook/encodec_32khz] [--segment-seconds 30] ...
     musicgen-jax train --config configs/train/small.yaml [section.key=value ...]
-    musicgen-jax export CHECKPOINT_DIR OUT_DIR [--base facebook/musicgen-small] [--no-ema]
+    musicgen-jax export CHECKPOINT_DIR OUT_DIR [--base facebook/musicgen-small] [--no-ema] [--adapter-only]
 
 While one runs, the library's INFO messages ("resumed from step N", skipped files) go to stderr: a
 handler on the `musicgen_jax` logger, since jax / absl configure the root logger before us (so that
@@ -99,6 +99,10 @@ def train_command(args) -> int:
 def export_command(args) -> int:
     from musicgen_jax.train.export import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint_dir, args.out_dir, base=args.base, use_ema=not args.no_ema)
-    print(f"{args.checkpoint_dir} -> {out} (load it with MusicGen.from_pretrained)")
+    adapter_only = getattr(args, "adapter_only", False)
+    out = export_checkpoint(args.checkpoint_dir, args.out_dir, base=args.base, use_ema=not args.no_ema,
+                            adapter_only=adapter_only)
+    how = "MusicGen.from_pretrained(BASE, adapters=...) or transformers + peft" if adapter_only else \
+        "MusicGen.from_pretrained"
+    print(f"{args.checkpoint_dir} -> {out} (load it with {how})")
     return 0

@@ -116,6 +116,42 @@ class ModelSection(_Checked):
 
 
 @dataclass(frozen=True)
+class LoraSection(_Checked):
+    """Low-rank adapters (modules/lora.py) instead of full fine-tuning: rank 0 (the default) trains every LM
+    weight; rank >= 1 freezes the LM (and T5) and trains adapters on `targets` only. The optimizer, EMA and
+    checkpoints then hold the adapters alone; the base is `model.init_from`, kept in `base_dtype`."""
+
+    KEY: ClassVar[str] = "lora"
+    rank: int = _num(0, ge=0)
+    alpha: float | None = _num(None, gt=0)  # scale = alpha / rank; None: alpha = rank (scale 1)
+    dropout: float = _num(0.0, ge=0, lt=1)  # on the adapters' input, training only
+    # self_attn, cross_attn, attention (both; self only for melody models), ffn, all, or single projections
+    # (self_attn.query, ..., cross_attn.out, fc1, fc2)
+    targets: tuple[str, ...] = ("attention",)
+    base_dtype: str = "float32"  # the frozen LM weights: float32 or bfloat16 (half the memory)
+    rslora: bool = False  # scale = alpha / sqrt(rank) (rank-stabilised LoRA)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.targets, (list, str)):
+            object.__setattr__(self, "targets", tuple([self.targets] if isinstance(self.targets, str)
+                                                      else self.targets))
+        if self.base_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"lora.base_dtype must be float32 or bfloat16, got {self.base_dtype!r}")
+        if self.enabled:
+            from musicgen_jax.modules.lora import resolve_targets
+
+            try:
+                resolve_targets(self.targets)
+            except ValueError as e:
+                raise ValueError(f"lora.targets: {e}") from None
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+
+@dataclass(frozen=True)
 class DataSection(_Checked):
     KEY: ClassVar[str] = "data"
     train: str = _path("")  # directory written by `musicgen-jax prepare` (holds index.json)
@@ -164,6 +200,7 @@ class CheckpointSection(_Checked):
     async_save: bool = True
     export_dir: str | None = _path()  # transformers-layout export at the end of training
     export_base: str | None = _path(hub=True)  # checkpoint whose text encoder / codec the export reuses
+    export_adapter_only: bool = False  # LoRA runs: export the PEFT adapter folder, not merged weights
 
 
 @dataclass(frozen=True)
@@ -197,6 +234,7 @@ class TrainConfig(_Checked):
     # halve CPU compile times in tests; None: XLA's defaults
     compiler_options: dict[str, Any] | None = None
     model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     mesh: MeshSection = field(default_factory=MeshSection)
@@ -214,11 +252,13 @@ class TrainConfig(_Checked):
             raise ValueError(f"optim.optimizer must be adamw or dadapt_adamw, got {o.optimizer!r}")
         if self.model.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"model.dtype must be float32 or bfloat16, got {self.model.dtype!r}")
+        if self.checkpoint.export_adapter_only and not self.lora.enabled:
+            raise ValueError("checkpoint.export_adapter_only is for LoRA runs (lora.rank >= 1)")
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """A YAML value -> the field's type (int, float, bool, str, dict, optional thereof)."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    """A YAML value -> the field's type (int, float, bool, str, dict, tuple of str, optional thereof)."""
+    args = [] if typing.get_origin(hint) is tuple else [a for a in typing.get_args(hint) if a is not type(None)]
     base = args[0] if args else hint
     if value is None:
         if args or hint is Any:
@@ -232,6 +272,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             if not isinstance(value, (str, int)) or str(value).lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError
             return str(value).lower() in ("true", "1", "yes")
+        if origin is tuple:  # a list of strings (YAML list, or one string)
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+                raise ValueError
+            return tuple(items)
         if isinstance(value, (bool, dict, list)) and origin is not dict:
             raise ValueError
         if base in (int, float):
@@ -244,7 +289,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if origin is dict and not isinstance(value, dict):
             raise ValueError
     except (TypeError, ValueError, OverflowError):
-        name = "a mapping" if origin is dict else getattr(base, "__name__", str(base))
+        name = "a mapping" if origin is dict else "a list of names" if origin is tuple else \
+            getattr(base, "__name__", str(base))
         raise ValueError(f"{where}: cannot read {value!r} as {name}") from None
     return value
 

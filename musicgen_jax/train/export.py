@@ -11,6 +11,11 @@ the run trained with: this is checked.
 
 config.json also records the training window as a top-level "segment_duration" (seconds,
 `MusicGenConfig.max_duration`). Weights that are not finite (a diverged run) are refused.
+
+A LoRA run exports either its adapters merged into the base (W + scale * A B, the float32 base weights
+of `model.init_from`) as above, or (`adapter_only`) the adapters alone as a PEFT adapter folder
+(convert/adapters.py) that transformers + peft load onto the base, as does
+`MusicGen.from_pretrained(base, adapters=folder)`.
 """
 from __future__ import annotations
 
@@ -105,10 +110,18 @@ def export_transformers(out_dir: str, config: MusicGenConfig, lm_params: Any, t5
     return out_dir
 
 
-def export_state(out_dir: str, model, state, *, base: str | None = None, use_ema: bool = True) -> str:
-    """A TrainState (EMA weights when present and `use_ema`) -> transformers directory."""
+def export_state(out_dir: str, model, state, *, base: str | None = None, use_ema: bool = True,
+                 adapter_only: bool = False) -> str:
+    """A TrainState (EMA weights when present and `use_ema`) -> transformers directory; for a LoRA run
+    the adapters merged into its base, or (`adapter_only`) a PEFT adapter folder."""
+    lora = getattr(model, "lora", None)
+    if adapter_only and lora is None:
+        raise ValueError("--adapter-only exports the adapters of a LoRA run; this run trained all LM weights")
+    if lora is not None and model.pretrained is None:
+        raise ValueError("this LoRA run adapted a randomly initialised LM (no model.init_from): there is no "
+                         "base model to merge its adapters into or to name in an adapter folder")
     base = base or model.source
-    if base is None:
+    if base is None and not adapter_only:
         raise ValueError("export needs a base checkpoint in the transformers layout (checkpoint.export_base), "
                          "e.g. facebook/musicgen-small: its text encoder and codec are reused")
     params = state.ema if use_ema and state.ema is not None else state.params
@@ -117,13 +130,25 @@ def export_state(out_dir: str, model, state, *, base: str | None = None, use_ema
 
         params = multihost_utils.process_allgather(params, tiled=True)
     if jax.process_index() == 0:
-        export_transformers(out_dir, model.config, params, model.t5_params, base)
+        params = jax.tree.map(np.asarray, jax.device_get(params))
+        if adapter_only:
+            from musicgen_jax.convert.adapters import save_peft_adapters
+
+            save_peft_adapters(out_dir, lora, params, model.config.lm, base=model.base_name or model.source)
+        else:
+            if lora is not None:
+                from musicgen_jax.modules.lora import merge_adapters
+
+                params = merge_adapters(model.pretrained, params, lora)
+            export_transformers(out_dir, model.config, params, model.t5_params, base)
     return out_dir
 
 
-def export_checkpoint(checkpoint_dir: str, out_dir: str, *, base: str | None = None, use_ema: bool = True) -> str:
-    """The newest usable checkpoint of a run -> transformers directory (the run's config is read from
-    the checkpoint; the state is restored onto this host's devices)."""
+def export_checkpoint(checkpoint_dir: str, out_dir: str, *, base: str | None = None, use_ema: bool = True,
+                      adapter_only: bool = False) -> str:
+    """The newest usable checkpoint of a run -> transformers directory, or (a LoRA run, `adapter_only`)
+    a PEFT adapter folder (the run's config is read from the checkpoint; the state is restored onto this
+    host's devices)."""
     from musicgen_jax import sharding as S
     from musicgen_jax.train import trainer as T
     from musicgen_jax.train.checkpoint import Checkpointer
@@ -135,7 +160,10 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str, *, base: str | None = N
     if meta is None:
         raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
     cfg = from_dict(meta["config"])
-    model = build_model(cfg.model)
+    if adapter_only and not cfg.lora.enabled:
+        raise ValueError(f"{checkpoint_dir} is a full fine-tuning run (no lora section): --adapter-only is for "
+                         "LoRA runs; export it without the flag")
+    model = build_model(cfg.model, cfg.lora)
     mesh = S.make_mesh(-1, 1, 1)
     shardings = T.state_shardings(model, cfg.optim, cfg.steps, mesh, cfg.model.seed)
     restored = ckpt.restore_latest(T.abstract_state(shardings, model, cfg.optim, cfg.steps, cfg.model.seed))
@@ -144,4 +172,5 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str, *, base: str | None = N
     state, meta = restored
     if meta.get("max_duration"):  # the run's training segment: the exported model's window
         model = dataclasses.replace(model, config=dataclasses.replace(model.config, max_duration=meta["max_duration"]))
-    return export_state(out_dir, model, state, base=base or cfg.checkpoint.export_base, use_ema=use_ema)
+    return export_state(out_dir, model, state, base=base or cfg.checkpoint.export_base, use_ema=use_ema,
+                        adapter_only=adapter_only)

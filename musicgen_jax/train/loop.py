@@ -9,6 +9,10 @@ and the step counter continue from it, and the losses that follow are those of a
 checkpoint at the next step boundary and returns. A step whose loss or gradient norm is not finite
 stops the run (TrainingDiverged) before any state from it is saved: the metrics of every step are
 checked before each checkpoint.
+
+LoRA runs (`lora.rank` > 0) train adapters on a frozen base (`model.init_from`): their checkpoints hold
+the adapters, optimizer state and EMA only, plus a reference to the base (its name and per-tensor
+checksums), checked on resume so that adapters are never continued on another base.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from musicgen_jax.config import seconds_for_frames
 from musicgen_jax.train import distributed
 from musicgen_jax.train import metrics as M
 from musicgen_jax.train import trainer as T
-from musicgen_jax.train.checkpoint import Checkpointer, PreemptionGuard
+from musicgen_jax.train.checkpoint import Checkpointer, PreemptionGuard, checksums
 from musicgen_jax.train.config import TrainConfig, to_dict
 from musicgen_jax.train.data import TrainData
 from musicgen_jax.train.model import TrainModel, build_model
@@ -48,7 +52,10 @@ class Trainer:
         if cfg.data.batch_size % S.batch_divisor(self.mesh):
             raise ValueError(f"batch_size {cfg.data.batch_size} must be a multiple of data x fsdp = "
                              f"{S.batch_divisor(self.mesh)}")
-        self.model = model if model is not None else build_model(cfg.model)
+        self.model = model if model is not None else build_model(cfg.model, cfg.lora)
+        if self.model.lora is not None and self.model.pretrained is None:
+            log.warning("LoRA on a randomly initialised base (no model.init_from): the adapters adapt "
+                        "random weights; set model.init_from to fine-tune a pretrained MusicGen")
         self.data = TrainData(cfg.data.train, tokenizer=self.model.tokenizer, lm=self.model.config.lm,
                               global_batch=cfg.data.batch_size, max_text_tokens=cfg.data.max_text_tokens,
                               crop_seconds=cfg.data.segment_seconds, seed=cfg.data.seed,
@@ -62,10 +69,15 @@ class Trainer:
             self.checkpointer = Checkpointer(cfg.checkpoint.dir, keep=cfg.checkpoint.keep,
                                              every=cfg.checkpoint.every, async_save=cfg.checkpoint.async_save)
         self._saved_step = self._step = None
+        # LoRA: the frozen LM weights, placed before a restore checks the adapters were trained on them
+        self.base, base_shardings = T.place_base(self.model, self.mesh, cfg.model.seed, cfg.compiler_options)
+        self._base_ref: dict[str, Any] | None = None
         self.state, self.shardings = self._restore_or_init()
         self.t5_params, t5_shardings = T.place_t5(self.model, self.mesh)
         self.step_fn = T.make_train_step(self.model, cfg.optim, cfg.steps, self.mesh, self.shardings,
-                                         self.data.batch_shapes(), t5_shardings, cfg.compiler_options)
+                                         self.data.batch_shapes(), t5_shardings, cfg.compiler_options,
+                                         base_shardings=base_shardings)
+        self._frozen = (self.t5_params,) if self.base is None else (self.t5_params, self.base)
 
     # ------------------------------------------------------------------ state
 
@@ -77,12 +89,34 @@ class Trainer:
             restored = self.checkpointer.restore_latest(target)
             if restored is not None:
                 state, meta = restored
+                self._check_base(meta)
                 self.data.set_state(meta["data"])
                 log.info("resumed from step %d of %s", meta["step"], self.checkpointer.directory)
                 self._saved_step = meta["step"]
                 return state, shardings
             log.warning("no usable checkpoint in %s: starting from scratch", self.checkpointer.directory)
         return T.create_state(self.model, cfg.optim, cfg.steps, self.mesh, cfg.model.seed, cfg.compiler_options)
+
+    def _base_reference(self) -> dict[str, Any] | None:
+        """What a LoRA checkpoint records of its base: the name and one checksum per tensor."""
+        if self.base is None:
+            return None
+        if self._base_ref is None:
+            source = self.cfg.model.init_from or f"random init of model.preset {self.cfg.model.preset} " \
+                                                   f"(seed {self.cfg.model.seed})"
+            self._base_ref = {"source": source, "dtype": self.cfg.lora.base_dtype, "checksums": checksums(self.base)}
+        return self._base_ref
+
+    def _check_base(self, meta: dict[str, Any]) -> None:
+        """A LoRA checkpoint's adapters continue only on the base they were trained on."""
+        mine, theirs = self._base_reference(), meta.get("lora_base")
+        if mine is None or theirs is None:
+            return
+        if theirs.get("checksums") != mine["checksums"]:
+            raise ValueError(
+                f"the LoRA checkpoint in {self.checkpointer.directory} was trained on base {theirs.get('source')!r} "
+                f"({theirs.get('dtype')}), which differs from this run's base {mine['source']!r} ({mine['dtype']}): "
+                "resume with the same model.init_from and lora.base_dtype, or use a new checkpoint.dir")
 
     @property
     def step(self) -> int:
@@ -98,6 +132,8 @@ class Trainer:
             return False
         meta = {"data": self.data.get_state(), "config": to_dict(self.cfg), "time": time.time(),
                 "max_duration": self.model.config.max_duration}
+        if self.base is not None:
+            meta["lora_base"] = self._base_reference()
         saved = self.checkpointer.save(step, self.state, meta, force=force)
         if saved:
             self._saved_step = step
@@ -116,7 +152,7 @@ class Trainer:
             with PreemptionGuard() as guard:
                 while self.step < last:
                     batch = S.global_batch(next(self.data), self.mesh)
-                    self.state, step_metrics = self.step_fn(self.state, batch, self.t5_params)
+                    self.state, step_metrics = self.step_fn(self.state, batch, *self._frozen)
                     self._step = step = self.step + 1
                     self._check(reporter.add(step, step_metrics, timed=step % cfg.log.every == 0 or step == last))
                     stop = guard.should_stop(step)
@@ -243,7 +279,8 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
         if cfg.checkpoint.export_dir and trainer.step >= cfg.steps:
             from musicgen_jax.train.export import export_state
 
-            export_state(cfg.checkpoint.export_dir, trainer.model, trainer.state, base=cfg.checkpoint.export_base)
+            export_state(cfg.checkpoint.export_dir, trainer.model, trainer.state, base=cfg.checkpoint.export_base,
+                         adapter_only=cfg.checkpoint.export_adapter_only)
     finally:
         trainer.close()
     return history

@@ -53,13 +53,13 @@ def codebook_nll(logits: Array, codes: Array, frames: Array, pattern: Pattern) -
     return jnp.where(loss_mask(frames, pattern), nll, 0.0).sum(axis=(0, 2))
 
 
-def lm_nll(lm, params, codes: Array, frames: Array, **conditioning) -> Array:
+def lm_nll(lm, params, codes: Array, frames: Array, rngs=None, **conditioning) -> Array:
     """The LM's per-codebook NLL sums [K] on codes [B, K, T] (teacher forcing through the LM's codebook
-    pattern); conditioning: the LM's text / text_mask / chroma keywords."""
+    pattern); conditioning: the LM's text / text_mask / chroma keywords; rngs: e.g. {"dropout": key}."""
     c = lm.config
     pattern = c.codebook_pattern(codes.shape[-1])
     x = model_input(codes, pattern, c.special_token)  # [B, K, S']
-    logits, _ = lm.apply({"params": params}, x, **conditioning)  # [B, K, S', card] f32
+    logits, _ = lm.apply({"params": params}, x, rngs=rngs, **conditioning)  # [B, K, S', card] f32
     return codebook_nll(logits, codes, frames, pattern)
 
 

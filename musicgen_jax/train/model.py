@@ -18,9 +18,10 @@ import numpy as np
 from musicgen_jax import config as mconfig
 from musicgen_jax.config import MusicGenConfig
 from musicgen_jax.modules.lm import MusicGenLM, init_lm
+from musicgen_jax.modules.lora import LoraConfig, resolve_targets, split_adapters
 from musicgen_jax.modules.t5 import T5Encoder
 from musicgen_jax.tokenizer import T5Tokenizer
-from musicgen_jax.train.config import ModelSection
+from musicgen_jax.train.config import LoraSection, ModelSection
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -29,7 +30,9 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class TrainModel:
     """config: the whole model; lm: the trained module (compute dtype, remat); t5 + t5_params: frozen
     text encoder (float32); pretrained: LM params (numpy) to start from, or None for random init;
-    source: the checkpoint fine-tuned from (export reuses its text encoder and codec)."""
+    source: the checkpoint fine-tuned from (export reuses its text encoder and codec);
+    lora: adapters trained instead of the LM weights (modules/lora.py), which then stay frozen in
+    `base_dtype`: `pretrained`, or the random init of `seed` when there is none (tests)."""
 
     config: MusicGenConfig
     lm: MusicGenLM
@@ -38,10 +41,21 @@ class TrainModel:
     tokenizer: T5Tokenizer
     pretrained: Any | None = None
     source: str | None = None
+    lora: LoraConfig | None = None
+    base_dtype: Any = jnp.float32
+    base_name: str | None = None  # `model.init_from` as given (a hub name stays one): adapter folders name it
 
     def init_variables(self, rng: jax.Array) -> Any:
-        """Boxed (logically partitioned) random LM variables."""
-        return init_lm(self.config.lm, rng, dtype=self.lm.dtype, remat=self.lm.remat)
+        """Boxed (logically partitioned) random LM variables (with adapters under LoRA)."""
+        return init_lm(self.config.lm, rng, dtype=self.lm.dtype, remat=self.lm.remat, lora=self.lora)
+
+    def trainable(self, params: Any) -> Any:
+        """The part of a (boxed or plain) LM param tree that is trained: all of it, or the adapters."""
+        return params if self.lora is None else split_adapters(params)[1]
+
+    def frozen_base(self, params: Any) -> Any:
+        """The frozen LM weights of a LoRA run's param tree (None without LoRA)."""
+        return None if self.lora is None else split_adapters(params)[0]
 
 
 def preset_config(name: str, lm_overrides: dict[str, Any] | None = None) -> MusicGenConfig:
@@ -105,8 +119,20 @@ def _check_tokenizer(tokenizer: T5Tokenizer, cfg: MusicGenConfig) -> None:
         raise ValueError(f"text encoder width {cfg.t5.d_model} != LM condition_dim {cfg.lm.condition_dim}")
 
 
-def build_model(section: ModelSection) -> TrainModel:
-    """The modules and weights a run starts from (see module doc)."""
+def lora_config(section: LoraSection | None, cfg: MusicGenConfig) -> LoraConfig | None:
+    """The recipe's `lora` section for this LM (targets resolved), or None for full fine-tuning."""
+    if section is None or not section.enabled:
+        return None
+    try:
+        targets = resolve_targets(section.targets, cfg.lm.cross_attention)
+    except ValueError as e:
+        raise ValueError(f"lora.targets: {e}") from None
+    return LoraConfig(rank=section.rank, alpha=float(section.alpha or section.rank), dropout=section.dropout,
+                      targets=targets, rslora=section.rslora)
+
+
+def build_model(section: ModelSection, lora: LoraSection | None = None) -> TrainModel:
+    """The modules and weights a run starts from (see module doc); `lora`: the recipe's lora section."""
     dtype = _DTYPES[section.dtype]
     lm_overrides = section.lm_overrides
     if section.init_from:
@@ -119,6 +145,8 @@ def build_model(section: ModelSection) -> TrainModel:
         cfg = dataclasses.replace(cfg, t5=t5_cfg)
         lm_params, source = None, None
     _check_tokenizer(tokenizer, cfg)
-    return TrainModel(config=cfg, lm=MusicGenLM(cfg.lm, dtype=dtype, remat=section.remat),
+    adapters = lora_config(lora, cfg)
+    return TrainModel(config=cfg, lm=MusicGenLM(cfg.lm, dtype=dtype, remat=section.remat, lora=adapters),
                       t5=T5Encoder(cfg.t5), t5_params=t5_params, tokenizer=tokenizer,
-                      pretrained=lm_params, source=source)
+                      pretrained=lm_params, source=source, lora=adapters, base_name=section.init_from,
+                      base_dtype=_DTYPES[lora.base_dtype] if adapters is not None else jnp.float32)

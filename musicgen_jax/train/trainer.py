@@ -8,6 +8,17 @@ One call is one optimizer update: the global batch is split into `accum_steps` m
 inside the step (gradients summed in float32), so an update with accumulation equals the same update
 without it. The frozen T5 runs inside the step under `stop_gradient`. Parameters, optimizer state and
 EMA stay float32; the LM computes in its `dtype` (bfloat16 on accelerators).
+
+LoRA (`model.lora`): the state's params are the adapters alone (so are the optimizer moments, the EMA
+and the checkpoints); the frozen LM weights are a fourth, non-donated argument of the step, placed once
+by `place_base` in `model.base_dtype`, joined with the adapters inside the loss and never differentiated:
+
+    base, base_shardings = place_base(model, mesh)
+    step = make_train_step(..., t5_shardings, base_shardings=base_shardings)
+    state, metrics = step(state, batch, t5_params, base)
+
+Adapter dropout draws its mask from fold_in(fold_in(rng, step), 1 + micro-batch), so with dropout > 0 an
+update with accumulation is not bit-equal to one without (different masks), unlike everything else.
 """
 from __future__ import annotations
 
@@ -17,10 +28,12 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
 from musicgen_jax import sharding as S
+from musicgen_jax.modules.lora import combine
 from musicgen_jax.modules.t5 import init_t5
 from musicgen_jax.train import loss as L
 from musicgen_jax.train.config import OptimSection
@@ -42,7 +55,8 @@ def _memo(key: tuple, build):
 
 
 def _model_key(model: TrainModel) -> tuple:
-    return (model.config, jnp.dtype(model.lm.dtype).name, model.lm.remat)
+    return (model.config, jnp.dtype(model.lm.dtype).name, model.lm.remat, model.lora,
+            jnp.dtype(model.base_dtype).name)
 
 
 def _options_key(options: dict[str, Any] | None) -> tuple:
@@ -51,7 +65,8 @@ def _options_key(options: dict[str, Any] | None) -> tuple:
 
 @flax.struct.dataclass
 class TrainState:
-    """step [] int32; params, ema (None when off) float32 trees; opt_state; rng: raw PRNG key [2] uint32."""
+    """step [] int32; params (the trained ones: all LM weights, or the LoRA adapters), ema (None when
+    off) float32 trees; opt_state; rng: raw PRNG key [2] uint32."""
 
     step: Array
     params: Any
@@ -100,8 +115,8 @@ def _state_builders(model: TrainModel, optim: OptimSection, total_steps: int, se
     def from_params(params):
         return _new_state(params, tx, state_rng, use_ema)
 
-    def random_state(rng):
-        return from_params(model.init_variables(rng)["params"])  # boxed: keeps the logical axis names
+    def random_state(rng):  # boxed: keeps the logical axis names
+        return from_params(model.trainable(model.init_variables(rng)["params"]))
 
     return init_rng, random_state, from_params
 
@@ -126,9 +141,9 @@ def create_state(model: TrainModel, optim: OptimSection, total_steps: int, mesh:
     Returns (state, its shardings)."""
     init_rng, random_state, from_params = _state_builders(model, optim, total_steps, seed)
     shardings = state_shardings(model, optim, total_steps, mesh, seed)
-    key = ("init", _model_key(model), optim, total_steps, mesh, seed, model.pretrained is None,
-           _options_key(compiler_options))
-    if model.pretrained is None:
+    from_random = model.pretrained is None or model.lora is not None  # LoRA: fresh adapters on any base
+    key = ("init", _model_key(model), optim, total_steps, mesh, seed, from_random, _options_key(compiler_options))
+    if from_random:
         init = _memo(key, lambda: jax.jit(lambda r: nn.meta.unbox(random_state(r)), out_shardings=shardings,
                                           compiler_options=compiler_options))
         return init(init_rng), shardings
@@ -136,6 +151,32 @@ def create_state(model: TrainModel, optim: OptimSection, total_steps: int, mesh:
     init = _memo(key, lambda: jax.jit(from_params, in_shardings=(shardings.params,), out_shardings=shardings,
                                       compiler_options=compiler_options))
     return init(params), shardings
+
+
+def place_base(model: TrainModel, mesh: Mesh, seed: int = 0,
+               compiler_options: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """A LoRA run's frozen LM weights in `model.base_dtype`, sharded by the logical-axis rules: the
+    pretrained ones, or the random init of `seed` (the same draw as `create_state`'s). -> (params,
+    shardings); (None, None) without LoRA."""
+    if model.lora is None:
+        return None, None
+    init_rng = jax.random.split(jax.random.PRNGKey(seed))[0]
+    dtype = model.base_dtype
+
+    def base(rng):  # boxed
+        return model.frozen_base(model.init_variables(rng)["params"])
+
+    shardings = S.param_shardings(jax.eval_shape(base, init_rng), mesh)
+    if model.pretrained is not None:
+        abstract = nn.meta.unbox(jax.eval_shape(base, init_rng))
+        if jax.tree.structure(abstract) != jax.tree.structure(model.pretrained):
+            raise ValueError("the pretrained LM weights do not have the structure of this model")
+        host = jax.tree.map(lambda x: np.asarray(x).astype(dtype, copy=False), model.pretrained)
+        return S.shard_like(host, shardings), shardings
+    key = ("base", _model_key(model), mesh, seed, _options_key(compiler_options))
+    init = _memo(key, lambda: jax.jit(lambda r: jax.tree.map(lambda x: x.astype(dtype), nn.meta.unbox(base(r))),
+                                      out_shardings=shardings, compiler_options=compiler_options))
+    return init(init_rng), shardings
 
 
 def abstract_state(shardings: TrainState, model: TrainModel, optim: OptimSection, total_steps: int,
@@ -172,10 +213,13 @@ def _conditions(model: TrainModel, t5_params: Any, batch: Mapping[str, Array], k
 
 
 def _loss_fn(model: TrainModel):
-    def loss(params, t5_params, micro, counts):
-        """-> (this micro-batch's share of the global loss, per-codebook NLL sums [K])."""
+    def loss(params, t5_params, micro, counts, base, dropout_key):
+        """-> (this micro-batch's share of the global loss, per-codebook NLL sums [K]). base: a LoRA run's
+        frozen LM weights (params are then its adapters), else None; dropout_key: adapter dropout or None."""
         cond = _conditions(model, t5_params, micro, micro["keep"])
-        nll = L.lm_nll(model.lm, params, micro["codes"], micro["frames"], **cond)  # [K]
+        lm_params = params if base is None else combine(jax.lax.stop_gradient(base), params)
+        rngs = None if dropout_key is None else {"dropout": dropout_key}
+        nll = L.lm_nll(model.lm, lm_params, micro["codes"], micro["frames"], rngs=rngs, **cond)  # [K]
         return jnp.mean(nll / counts), nll
 
     return loss
@@ -194,7 +238,8 @@ def _update_ema(ema: Any, params: Any, step: Array, optim: OptimSection) -> Any:
 
 
 def train_step_fn(model: TrainModel, optim: OptimSection, total_steps: int):
-    """The pure step: (state, batch, t5_params) -> (state, metrics).
+    """The pure step: (state, batch, t5_params[, base]) -> (state, metrics); `base`: a LoRA run's frozen
+    LM weights (see module doc).
 
     Randomness (CFG dropout) is drawn for the whole global batch from fold_in(rng, step), so it does
     not depend on the sharding or on the number of micro-batches.
@@ -203,27 +248,34 @@ def train_step_fn(model: TrainModel, optim: OptimSection, total_steps: int):
     schedule = learning_rate(optim, total_steps)
     grad_fn = jax.value_and_grad(_loss_fn(model), has_aux=True)
     lm_cfg = model.config.lm
+    dropout = model.lora is not None and model.lora.dropout > 0
 
-    def gradients(batch, params, t5_params, counts):
+    def gradients(batch, params, t5_params, counts, base, step_key):
         """-> (gradients of the global loss, per-codebook NLL sums [K]); micro-batches are scanned."""
+        def key(i):
+            return jax.random.fold_in(step_key, 1 + i) if dropout else None
+
         if optim.accum_steps == 1:
-            (_, nll), grads = grad_fn(params, t5_params, batch, counts)
+            (_, nll), grads = grad_fn(params, t5_params, batch, counts, base, key(0))
             return grads, nll
 
-        def accumulate(carry, mb):
+        def accumulate(carry, xs):
             grads, nll = carry
-            (_, mb_nll), g = grad_fn(params, t5_params, mb, counts)
+            i, mb = xs
+            (_, mb_nll), g = grad_fn(params, t5_params, mb, counts, base, key(i))
             return (jax.tree.map(jnp.add, grads, g), nll + mb_nll), None
 
         zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((lm_cfg.num_codebooks,), jnp.float32))
-        (grads, nll), _ = jax.lax.scan(accumulate, zeros, _micro_batches(batch, optim.accum_steps))
+        xs = (jnp.arange(optim.accum_steps), _micro_batches(batch, optim.accum_steps))
+        (grads, nll), _ = jax.lax.scan(accumulate, zeros, xs)
         return grads, nll
 
-    def step(state: TrainState, batch: Mapping[str, Array], t5_params: Any):
+    def step(state: TrainState, batch: Mapping[str, Array], t5_params: Any, base: Any = None):
         b, _, t = batch["codes"].shape
         counts = jnp.maximum(L.codebook_counts(batch["frames"], lm_cfg.codebook_pattern(t)), 1.0)  # [K]
-        keep = L.keep_conditions(jax.random.fold_in(state.rng, state.step), b, optim.cond_dropout)  # [B]
-        grads, nll = gradients(dict(batch, keep=keep), state.params, t5_params, counts)
+        step_key = jax.random.fold_in(state.rng, state.step)
+        keep = L.keep_conditions(step_key, b, optim.cond_dropout)  # [B]
+        grads, nll = gradients(dict(batch, keep=keep), state.params, t5_params, counts, base, step_key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ce = nll / counts  # [K]
@@ -242,14 +294,18 @@ def batch_shardings(batch_shapes: Mapping[str, tuple[int, ...]], mesh: Mesh) -> 
 
 def make_train_step(model: TrainModel, optim: OptimSection, total_steps: int, mesh: Mesh,
                     state_shardings: TrainState, batch_shapes: Mapping[str, tuple[int, ...]],
-                    t5_shardings: Any, compiler_options: dict[str, Any] | None = None):
+                    t5_shardings: Any, compiler_options: dict[str, Any] | None = None, base_shardings: Any = None):
     """jit of `train_step_fn` with explicit shardings; the state argument is donated. The shardings
-    follow from the model and the mesh, so (model, optim, steps, mesh, batch shapes) identify it."""
+    follow from the model and the mesh, so (model, optim, steps, mesh, batch shapes) identify it.
+    LoRA: the step takes the frozen base as a fourth argument, placed on `base_shardings` (`place_base`)."""
+    if (model.lora is None) != (base_shardings is None):
+        raise ValueError("base_shardings go with a LoRA model (place_base), and only with one")
     key = ("step", _model_key(model), optim, total_steps, mesh, tuple(sorted(batch_shapes.items())),
            _options_key(compiler_options))
+    frozen = (t5_shardings,) if base_shardings is None else (t5_shardings, base_shardings)
     return _memo(key, lambda: jax.jit(
         train_step_fn(model, optim, total_steps),
-        in_shardings=(state_shardings, batch_shardings(batch_shapes, mesh), t5_shardings),
+        in_shardings=(state_shardings, batch_shardings(batch_shapes, mesh), *frozen),
         out_shardings=(state_shardings, S.replicated(mesh)), donate_argnums=(0,),
         compiler_options=compiler_options))
 
