@@ -228,7 +228,8 @@ def page_with_fake(tmp_path_factory):
 
     from musicgen_jax.app import build_app
 
-    models = {"fake": FakeModel(delay=0.2), "broken": FakeModel(fail=ZeroDivisionError("division by zero")),
+    models = {"fake": FakeModel(delay=0.5),  # a chunk every 0.5 s: longer than a cancel takes to arrive
+              "broken": FakeModel(fail=ZeroDivisionError("division by zero")),
               "fake-melody": FakeModel(melody=True)}
     folder = OutputFolder(str(tmp_path_factory.mktemp("app-out")))
     page = build_app("fake", queue_size=1, cache=ModelCache(models.__getitem__), folder=folder)

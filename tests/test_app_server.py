@@ -245,5 +245,6 @@ def test_browser_stop_while_playing(server, browser):
     assert float(stopped.group(1)) < 120
     time.sleep(1)  # any update still in flight has landed
     state = page_state(browser)
-    assert state["status"] == "Stopped." and re.match(r"Generated [\d.]+ of 120 s", state["progress"])
+    # Gradio may also mark the cancelled event's status box with its own "Error" badge (a race in its client)
+    assert state["status"].endswith("Stopped.") and re.match(r"Generated [\d.]+ of 120 s", state["progress"])
     assert state["download"] is None and "Traceback" not in state["text"]
