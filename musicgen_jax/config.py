@@ -273,11 +273,12 @@ def number_requirement(low: float = -math.inf, high: float = math.inf, *, strict
                        integer: bool = False) -> str:
     """What `check_number` asks for, in words: 'a finite number > 0', 'an integer in [0, 10]'."""
     kind = "an integer" if integer else "a finite number"
+    lo, hi = (f"{int(b)}" if integer and math.isfinite(b) else f"{b:g}" for b in (low, high))  # exact seeds
     if low > -math.inf and high < math.inf:
-        return f"{kind} in {'(' if strict else '['}{low:g}, {high:g}]"
+        return f"{kind} in {'(' if strict else '['}{lo}, {hi}]"
     if low > -math.inf:
-        return f"{kind} {'>' if strict else '>='} {low:g}"
-    return kind if high == math.inf else f"{kind} <= {high:g}"
+        return f"{kind} {'>' if strict else '>='} {lo}"
+    return kind if high == math.inf else f"{kind} <= {hi}"
 
 
 def check_number(name: str, value, low: float = -math.inf, high: float = math.inf, *, strict: bool = False,

@@ -62,16 +62,31 @@ def naming(path: str) -> Iterator[None]:
         raise kind(f"{path}: {e}") from e
 
 
+def non_finite_tensor(tree: Mapping[str, Any], sep: str = ".") -> tuple[str, int, int] | None:
+    """(name, non-finite count, size) of the first floating tensor of `tree` (nested mappings of arrays,
+    names joined with `sep`) that holds NaN or inf; None when all are finite."""
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            found = non_finite_tensor(value, sep)
+            if found is not None:
+                return (f"{key}{sep}{found[0]}",) + found[1:]
+            continue
+        value = np.asarray(value)
+        if value.dtype.kind not in "biu":  # floats, complex, and bfloat16 (ml_dtypes: kind "V")
+            finite = np.isfinite(value)
+            if not finite.all():
+                return str(key), int(value.size - finite.sum()), int(value.size)
+    return None
+
+
 def check_finite(state: Mapping[str, Any], path: str) -> None:
     """CheckpointError naming the first tensor of `state` (numpy, nested dicts allowed) that holds NaN or
     inf: such weights load fine and then generate nothing but token 0."""
-    for key, value in state.items():
-        if isinstance(value, Mapping):
-            check_finite({f"{key}.{k}": v for k, v in value.items()}, path)
-        elif isinstance(value, np.ndarray) and value.dtype.kind in "fc" and not np.isfinite(value).all():
-            bad = int(value.size - np.isfinite(value).sum())
-            raise CheckpointError(f"{path}: tensor {key!r} holds {bad} NaN or infinite value(s) of "
-                                  f"{value.size}; the checkpoint is corrupt")
+    found = non_finite_tensor(state)
+    if found is not None:
+        name, bad, size = found
+        raise CheckpointError(f"{path}: tensor {name!r} holds {bad} NaN or infinite value(s) of {size}; "
+                              "the checkpoint is corrupt")
 
 
 def _check_not_empty(path: str) -> int:

@@ -68,13 +68,13 @@ def _check_text_encoder(state: dict[str, np.ndarray], config: MusicGenConfig, t5
 
 def check_finite(params: Any) -> None:
     """ValueError naming the first tensor of `params` that holds NaN or infinite values."""
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        finite = np.isfinite(np.asarray(leaf))
-        if not finite.all():
-            name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-            raise ValueError(f"refusing to export non-finite weights: {name} holds {finite.size - finite.sum()} "
-                             f"NaN or infinite value(s) of {finite.size} (the run diverged: export an earlier "
-                             "checkpoint)")
+    from musicgen_jax.convert.common import non_finite_tensor
+
+    found = non_finite_tensor(params, "/")
+    if found is not None:
+        name, bad, size = found
+        raise ValueError(f"refusing to export non-finite weights: {name} holds {bad} NaN or infinite value(s) "
+                         f"of {size} (the run diverged: export an earlier checkpoint)")
 
 
 def export_transformers(out_dir: str, config: MusicGenConfig, lm_params: Any, t5_params: Any, base: str) -> str:
