@@ -25,9 +25,9 @@ setup(
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=_packages(),
-    # No package data: the package reads no file of its own at run time (checkpoints, tokenizers and
-    # training recipes such as configs/train/*.yaml are paths the user passes). If one is added, list
-    # it here as package_data and .ci/wheel_check.sh will exercise it from the installed wheel.
+    # Package data: only the GPU target descriptions of musicgen_jax/aot (checkpoints, tokenizers and
+    # training recipes such as configs/train/*.yaml are paths the user passes).
+    package_data={"musicgen_jax.aot": ["gpu_targets/*.txtpb"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.5.0",
@@ -61,6 +61,9 @@ setup(
         # hear21passt needs torchaudio: install the torchaudio built for your torch first
         "eval-passt": ["torch>=2.1", "hear21passt>=0.0.26"],
         "gpu": ["jax[cuda12]"],
+        # compile for GPUs and TPUs that are not present (musicgen_jax/aot, experiments/aot_report.py): libtpu
+        # and the CUDA plugin at the installed jax's version, without NVIDIA's libraries (cuda12-local)
+        "aot": ["jax[tpu,cuda12-local]"],
         "tpu": ["jax[tpu]"],
     },
     entry_points={"console_scripts": ["musicgen-jax=musicgen_jax.cli:main"]},

@@ -1,0 +1,1 @@
+"""Ahead-of-time compiles for accelerators that are not present, and cost reports from them."""
