@@ -41,18 +41,20 @@ class MusicGen:
     def from_pretrained(cls, name_or_path: str = "facebook/musicgen-small", *, dtype=jnp.float32,
                         mesh=None, duration_limit: float | None = None, adapters: str | None = None) -> "MusicGen":
         """A hub name ('facebook/musicgen-small', or a preset name such as 'small') or a local directory,
-        in the transformers or the audiocraft layout. dtype: compute dtype (bf16: params, norms and
-        logits stay fp32). mesh: generate across its devices (see `shard`). duration_limit: the most
+        in the transformers or the audiocraft layout. dtype: compute dtype (bf16: the LM's matmul
+        weights are held in bf16, which is what its matmuls read anyway; norms, embeddings and logits
+        stay fp32). mesh: generate across its devices (see `shard`). duration_limit: the most
         seconds one call may generate (default 600, see `set_generation_params`). adapters: a LoRA adapter
         folder for this base (PEFT's format, e.g. from `musicgen-jax export --adapter-only`), merged in memory."""
         from musicgen_jax.convert.checkpoint import load_checkpoint
-        from musicgen_jax.modules.lm import MusicGenLM, unstack_layers
+        from musicgen_jax.modules.lm import MusicGenLM, inference_params, unstack_layers
         from musicgen_jax.modules.t5 import T5Encoder
 
         ckpt = load_checkpoint(name_or_path, adapters=adapters)
         config = ckpt.config
-        # inference layout: one module per layer (see MusicGenLM.scan_layers)
-        lm_params = jax.tree.map(jnp.asarray, unstack_layers(ckpt.lm_params, config.lm.num_layers))
+        # inference layout: one module per layer (see MusicGenLM.scan_layers), matmul weights in `dtype`
+        lm_params = inference_params(jax.tree.map(jnp.asarray, unstack_layers(ckpt.lm_params, config.lm.num_layers)),
+                                     dtype)
         sampler = Sampler(config, MusicGenLM(config.lm, dtype=dtype, scan_layers=False), lm_params,
                           T5Encoder(config.t5, dtype=dtype), jax.tree.map(jnp.asarray, ckpt.t5_params),
                           ckpt.tokenizer)

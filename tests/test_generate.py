@@ -351,7 +351,9 @@ def test_melody_greedy_matches_transformers(tmp_path):
 
 
 def test_bf16_generation_runs(tiny, tmp_path):
-    """The bf16 fast path (fp32 params, norms, logits; bf16 matmuls and KV cache) generates valid audio."""
+    """The bf16 fast path (matmul weights held in bf16; norms, embeddings, logits fp32; bf16 KV cache)
+    generates valid audio, with the same tokens as bf16 compute over fp32-held weights (the layers cast
+    each weight before its matmul, so holding them in bf16 is exact)."""
     import jax.numpy as jnp
 
     model, _ = tiny
@@ -363,7 +365,17 @@ def test_bf16_generation_runs(tiny, tmp_path):
     tokens = np.asarray(tokens)
     assert tokens.shape == (1, 4, 40) and tokens.min() >= 0 and tokens.max() < 32
     assert np.isfinite(np.asarray(wav)).all()
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(mg.lm_params))
+    dtypes = {jax.tree_util.keystr(path): x.dtype for path, x in jax.tree_util.tree_leaves_with_path(mg.lm_params)}
+    assert dtypes["['layers_0']['self_attn']['query']['kernel']"] == jnp.bfloat16
+    assert dtypes["['heads']"] == jnp.bfloat16
+    assert dtypes["['layers_0']['self_attn_norm']['scale']"] == jnp.float32
+    assert dtypes["['embeddings']"] == jnp.float32
+
+    fp32_weights = MusicGen.from_pretrained(str(tmp_path)).lm_params
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(fp32_weights))
+    mg.sampler.lm_params = fp32_weights  # the same bf16 model over the weights as loaded
+    _, fp32_held = mg.generate(["happy rock guitar"], return_tokens=True)
+    np.testing.assert_array_equal(np.asarray(fp32_held), tokens)
 
 
 def test_two_step_cfg_equals_one_batch_cfg(tiny):

@@ -363,6 +363,25 @@ def stack_layers(params: Any, num_layers: int) -> Any:
     return out
 
 
+def inference_params(params: Any, dtype=jnp.float32) -> Any:
+    """Matmul weights (every `kernel` and the output `heads`) stored in the compute dtype; norms,
+    biases and embeddings kept as they are (float32).
+
+    Exact: the layers cast each weight to the compute dtype before its matmul anyway. Stored that way,
+    a bf16 decode step reads 2 bytes per weight and runs no convert kernels (XLA does not hoist the
+    casts out of the decode loop: on an H100 target they were 121 of 711 kernels per step).
+    """
+    dtype = jnp.dtype(dtype)
+
+    def cast(path, x):
+        name = getattr(path[-1], "key", None)
+        if name in ("kernel", "heads") and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
+            return x.astype(dtype)
+        return x
+
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
 def abstract_lm_params(config: LMConfig) -> Any:
     """Parameter shapes (ShapeDtypeStruct tree, unboxed) without allocating anything."""
     variables = jax.eval_shape(lambda: init_lm(config, jax.random.PRNGKey(0)))
