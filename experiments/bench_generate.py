@@ -1,6 +1,6 @@
 """Generation speed: musicgen-jax vs transformers' MusicgenForConditionalGeneration.generate, one run.
 
-    python experiments/bench_generate.py --frames 100 --batch 1 8
+    python experiments/bench_generate.py --frames 100 500 1500 --batch 1 8
 
 Both load the same random-weight checkpoint with a preset's real shapes (default musicgen-small:
 T5-base, EnCodec 32 kHz, 1024-wide 24-layer decoder), decode greedily with classifier-free guidance
@@ -38,7 +38,8 @@ def memory_bandwidth_gbs(size_mb: int = 512, repeats: int = 5) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="musicgen-small", help="preset whose shapes to use")
-    parser.add_argument("--frames", type=int, default=100, help="frames to generate (50 per second)")
+    parser.add_argument("--frames", type=int, nargs="+", default=[100],
+                        help="frames to generate (50 per second; 500 = 10 s, 1500 = 30 s)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="our compute dtype")
     parser.add_argument("--skip-torch", action="store_true", help="time ours only")
@@ -59,8 +60,6 @@ def main(argv=None) -> int:
                                             codec=ENCODEC_32KHZ, widen=False, attention=None)  # sdpa
         ours = MusicGen.from_pretrained(tmp, dtype=jnp.dtype(args.dtype))
     lm = ours.config.lm
-    steps = args.frames + max(lm.delays)  # model calls after the first: T + K - 1 in all
-    ours.set_generation_params(duration=args.frames / ours.frame_rate, use_sampling=False, cfg_coef=3.0)
     weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(ours.lm_params))
     bandwidth = memory_bandwidth_gbs() if jax.default_backend() == "cpu" else None
 
@@ -69,7 +68,7 @@ def main(argv=None) -> int:
         jax.block_until_ready(ours.generate(prompts, return_tokens=True, seed=0))
         return time.perf_counter() - start
 
-    def time_torch(prompts):
+    def time_torch(prompts, steps):
         ids = ours.tokenizer(prompts)
         with torch.inference_mode():
             start = time.perf_counter()
@@ -79,16 +78,18 @@ def main(argv=None) -> int:
             return time.perf_counter() - start
 
     rows = []
-    for batch in args.batch:
+    for frames, batch in ((f, b) for f in args.frames for b in args.batch):
+        steps = frames + max(lm.delays)  # model calls after the first: T + K - 1 in all
+        ours.set_generation_params(duration=frames / ours.frame_rate, use_sampling=False, cfg_coef=3.0)
         prompts = [PROMPT] * batch
         first = time_ours(prompts)
         ours_times, torch_times = [], []
         for _ in range(args.repeats):  # alternate, so that a slow spell of a shared machine hits both
             ours_times.append(time_ours(prompts))
             if not args.skip_torch:
-                torch_times.append(time_torch(prompts))
+                torch_times.append(time_torch(prompts, steps))
         t_ours = min(ours_times)
-        row = {"batch": batch, "frames": args.frames, "jax_s": t_ours, "jax_ms_per_step": 1e3 * t_ours / (steps + 1),
+        row = {"batch": batch, "frames": frames, "jax_s": t_ours, "jax_ms_per_step": 1e3 * t_ours / (steps + 1),
                "jax_compile_s": first - t_ours, "jax_all_s": ours_times}
         if torch_times:
             t_torch = min(torch_times)
@@ -97,13 +98,12 @@ def main(argv=None) -> int:
         rows.append(row)
 
     device = jax.devices()[0].device_kind
-    print(f"{args.model} shapes, {args.frames} frames ({args.frames / ours.frame_rate:g} s), greedy, cfg 3, "
-          f"{jax.default_backend()} ({device}), ours in {args.dtype}")
+    print(f"{args.model} shapes, greedy, cfg 3, {jax.default_backend()} ({device}), ours in {args.dtype}")
     print(f"decoder weights: {weight_bytes / 1e9:.2f} GB"
           + (f"; memory bandwidth {bandwidth:.1f} GB/s -> floor {1e3 * weight_bytes / (bandwidth * 1e9):.0f} ms/step"
              if bandwidth else ""))
     for r in rows:
-        line = f"  batch {r['batch']}: ours {r['jax_s']:.2f} s ({r['jax_ms_per_step']:.1f} ms/step, compile {r['jax_compile_s']:.1f} s)"
+        line = f"  {r['frames']} frames ({r['frames'] / ours.frame_rate:g} s), batch {r['batch']}: ours {r['jax_s']:.2f} s ({r['jax_ms_per_step']:.1f} ms/step, compile {r['jax_compile_s']:.1f} s)"
         if "torch_s" in r:
             line += f" | transformers {r['torch_s']:.2f} s ({r['torch_ms_per_step']:.1f} ms/step) | {r['speedup']:.2f}x"
         print(line)

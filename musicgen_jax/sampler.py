@@ -25,7 +25,8 @@ import numpy as np
 
 from musicgen_jax import sharding
 from musicgen_jax.config import GenerationParams, MusicGenConfig
-from musicgen_jax.generate import BUFFER_AXES, DecodeSettings, decode_steps_jit, prefill_jit, progress_listener
+from musicgen_jax.generate import (BUFFER_AXES, KV_SEGMENT, DecodeSettings, decode_steps_jit, kv_pieces, prefill_jit,
+                                   progress_listener)
 from musicgen_jax.modules.lm import Conditions, MusicGenLM, dummy_inputs
 from musicgen_jax.modules.t5 import T5Encoder, init_t5
 from musicgen_jax.patterns import Pattern, first_generated_step, generation_buffer
@@ -186,6 +187,8 @@ class Sampler:
     layout, see MusicGenLM.scan_layers); lm_params are in that layout."""
 
     bucket_frames = 50  # window lengths round up to whole seconds (50 frames at 50 Hz)
+    # length-aware attention: cache positions per segment (generate.kv_pieces); "auto": by backend
+    kv_segment: int | None | str = "auto"
 
     def __init__(self, config: MusicGenConfig, lm: MusicGenLM, lm_params, t5: T5Encoder, t5_params,
                  tokenizer: T5Tokenizer):
@@ -309,10 +312,16 @@ class Sampler:
         buffer = sharding.place(buffer, BUFFER_AXES, self.mesh)
         conditions = sharding.place(conditions, conditions.logical_axes(), self.mesh)
         complete = complete_frames(pattern)  # [S]
+        segment = KV_SEGMENT.get(jax.default_backend()) if self.kv_segment == "auto" else self.kv_segment
+        prefix = 0 if conditions.prefix is None else conditions.prefix.shape[1]
         with progress_listener(listener) as listener_id:
             state = prefill_jit(self.lm, self.lm_params, conditions, buffer, start, key, settings,
                                 cache_dtype=self.lm.dtype)
+            step = start
             for end in chunk_ends(pattern, prompt_tokens.shape[-1], start, chunk_frames):
-                state = decode_steps_jit(self.lm, self.lm_params, conditions, state, end, settings, listener_id)
+                for piece_end, kv_length in kv_pieces(step, end, prefix, prefix + padded, segment):
+                    lm = self.lm if kv_length is None else self.lm.clone(kv_length=kv_length)
+                    state = decode_steps_jit(lm, self.lm_params, conditions, state, piece_end, settings, listener_id)
+                step = max(step, end)
                 codes = pattern.revert(state.buffer[:, :, :steps], c.special_token)  # [B, K, frames]
                 yield codes.block_until_ready(), int(complete[end])  # the chunk is done: nothing runs on

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from musicgen_jax.generate import compiled_decode_programs
+from musicgen_jax.generate import compiled_decode_programs, kv_pieces
 from musicgen_jax.musicgen import MusicGen
 from musicgen_jax.testing import put_in_hub_cache, save_reference_musicgen, train_spiece
 from tests.helpers import snr_db
@@ -88,6 +88,43 @@ def test_greedy_tokens_match_transformers(tiny, prompts):
     assert wav.shape == ref_audio.shape
     assert snr_db(ref_audio, np.asarray(wav)) >= 60
     assert len(np.unique(ref_tokens)) > 8  # not a degenerate constant generation
+
+
+def test_length_aware_attention_matches_transformers(tiny):
+    """Attending only to the written cache positions (segments of 16 here, 512 on GPU/TPU) keeps greedy
+    tokens equal to transformers', and sampled / continued tokens equal to the whole-buffer loop's."""
+    model, mg = tiny
+    frames = 120
+    greedy(mg, frames)
+    ref_tokens, _ = reference_generate(model, mg, PROMPTS_SAME_LENGTH, frames)
+    programs = compiled_decode_programs()
+    try:
+        mg.sampler.kv_segment = 16
+        _, tokens = mg.generate(PROMPTS_SAME_LENGTH, return_tokens=True)
+        np.testing.assert_array_equal(np.asarray(tokens), ref_tokens)
+        assert compiled_decode_programs() - programs >= 7  # one program per 16-position bound below 124
+        mg.set_generation_params(duration=frames / mg.frame_rate, use_sampling=True, top_k=5, cfg_coef=3.0)
+        prompt = np.asarray(mg.compression_model.decode(jax.numpy.asarray(ref_tokens[:1, :, :30])))
+        segmented = [np.asarray(mg.generate(PROMPTS_SAME_LENGTH, return_tokens=True, seed=3)[1]),
+                     np.asarray(mg.generate_continuation(prompt, mg.sample_rate, PROMPTS_SAME_LENGTH[:1],
+                                                         return_tokens=True, seed=3)[1])]
+        mg.sampler.kv_segment = None
+        whole = [np.asarray(mg.generate(PROMPTS_SAME_LENGTH, return_tokens=True, seed=3)[1]),
+                 np.asarray(mg.generate_continuation(prompt, mg.sample_rate, PROMPTS_SAME_LENGTH[:1],
+                                                     return_tokens=True, seed=3)[1])]
+    finally:
+        mg.sampler.kv_segment = "auto"
+    for got, expected in zip(segmented, whole):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_kv_pieces_split_at_segment_bounds():
+    # steps [5, 40) after a 3-position prefix, segments of 16 positions in a 60-position cache:
+    # positions 8..18 read 16 -> piece ends at step 13; 16..31 -> 29; 32..42 -> 48 is past the cache end
+    assert kv_pieces(5, 40, 3, 60, 16) == [(13, 16), (29, 32), (40, 48)]
+    assert kv_pieces(5, 40, 3, 45, 16) == [(13, 16), (29, 32), (40, None)]  # the bound reaches the end
+    assert kv_pieces(5, 40, 3, 60, None) == [(40, None)]
+    assert kv_pieces(40, 40, 3, 60, 16) == []
 
 
 def test_text_changes_tokens(tiny):

@@ -86,6 +86,9 @@ class Attention(nn.Module):
     kernel_init: Any = None  # None: Dense's fan-in aware default
     lora: Any = None
     lora_block: str = ""  # "self_attn" / "cross_attn": the prefix of this block's LoRA target names
+    # With a cache: attend to its first kv_length positions only (static; every position written so
+    # far must lie below it), not the whole buffer. None: the whole buffer.
+    kv_length: int | None = None
 
     def setup(self):
         def lora(projection: str):
@@ -132,6 +135,8 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (zero, zero, offset, zero))
             v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (zero, zero, offset, zero))
             cache = KVCache(k, v, offset + x.shape[1])
+            if self.kv_length is not None and self.kv_length < k.shape[2]:
+                k, v = k[:, :, : self.kv_length], v[:, :, : self.kv_length]  # [B, H, kv_length, D]
         if causal:
             cm = causal_mask(offset, x.shape[1], k.shape[2])
             mask = cm if mask is None else jnp.logical_and(mask, cm)

@@ -122,13 +122,14 @@ class DecoderLayer(nn.Module):
     config: LMConfig
     dtype: Any = jnp.float32
     lora: Any = None  # modules.lora.LoraConfig: adapters on its targets, or None
+    kv_length: int | None = None  # self-attention reads the cache's first kv_length positions (see MusicGenLM)
 
     def setup(self):
         c = self.config
         attn = dict(features=c.dim, num_heads=c.num_heads, head_dim=c.head_dim, dtype=self.dtype, lora=self.lora)
         ffn_lora = (lambda name: None) if self.lora is None else self.lora.for_target
         self.self_attn_norm = LayerNorm(c.layer_norm_eps)
-        self.self_attn = Attention(**attn, lora_block="self_attn")
+        self.self_attn = Attention(**attn, lora_block="self_attn", kv_length=self.kv_length)
         if c.cross_attention:
             self.cross_attn_norm = LayerNorm(c.layer_norm_eps)
             self.cross_attn = Attention(**attn, lora_block="cross_attn")
@@ -170,6 +171,10 @@ class MusicGenLM(nn.Module):
 
     lora: a `modules.lora.LoraConfig` adds low-rank adapters (lora_a / lora_b next to each targeted
     kernel; training). Their dropout runs when applied with a "dropout" rng.
+
+    kv_length: with a cache, self-attention reads only its first kv_length positions (length-aware
+    decoding: `generate.kv_pieces` picks it per stretch of steps so that every written position lies
+    below it); None reads the whole buffer. Static: each value is its own compiled program.
     """
 
     config: LMConfig
@@ -178,6 +183,7 @@ class MusicGenLM(nn.Module):
     scan_layers: bool = True
     mesh: Any = None  # a jax Mesh: hidden states and logits are constrained by their logical axes
     lora: Any = None
+    kv_length: int | None = None
 
     def setup(self):
         c = self.config
@@ -192,7 +198,8 @@ class MusicGenLM(nn.Module):
         if self.remat:
             layer = nn.remat(layer, prevent_cse=False)
         if not self.scan_layers:
-            self.layer_list = [layer(c, self.dtype, self.lora, name=f"layers_{i}") for i in range(c.num_layers)]
+            self.layer_list = [layer(c, self.dtype, self.lora, self.kv_length, name=f"layers_{i}")
+                               for i in range(c.num_layers)]
             return self._setup_head()
         self.layers = nn.scan(
             layer,
@@ -202,7 +209,7 @@ class MusicGenLM(nn.Module):
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
             methods=["__call__", "project_cross_kv"],
-        )(c, self.dtype, self.lora, name="layers")
+        )(c, self.dtype, self.lora, self.kv_length, name="layers")
         self._setup_head()
 
     def _setup_head(self):
