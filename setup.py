@@ -52,6 +52,7 @@ setup(
         # the app's tests drive Debian's chromium + chromium-driver through selenium (.ci/run installs them)
         "test": ["pytest>=7", "scipy", "torch>=2.1", "transformers>=4.40", "torchvggish==0.2", "gradio>=6.0,<7",
                  "matplotlib>=3.7", "selenium>=4.10",
+                 "papermill>=2.4", "ipykernel>=6",  # executes notebooks/*.ipynb (tests/test_notebooks.py)
                  "peft>=0.17"],  # the LoRA adapter-folder reference (tests/test_lora_peft.py)
         # the web app (`musicgen-jax app`); its streamed audio also needs ffmpeg on PATH
         "app": ["gradio>=6.0,<7", "matplotlib>=3.7"],
