@@ -13,8 +13,10 @@ compiled program.
 Length-aware attention: a step attends only to the cache positions written so far, not the whole buffer,
 when `lm.kv_length` is set (a static bound, one compiled program per value). `kv_pieces` cuts a stretch of
 steps where the bound crosses a multiple of a segment, so a 30 s window with 512-step segments runs 3
-programs that read about 2/3 of the cache on average. Used on GPU/TPU; XLA:CPU copies a sliced cache
-into a slow GEMM, so CPU reads the whole buffer (`KV_SEGMENT`).
+programs that read about 2/3 of the cache on average. On GPU/TPU the attention reads a slice of the
+buffer (fused into its kernels). XLA:CPU would copy such a slice on every step, so there `decode_steps`
+splits the live part of the buffer into blocks once per call (`kv_block`), attends to them in place and
+writes the one block the call changed back at its end.
 
 The loop runs in chunks: `decode_steps` takes a DecodeState (step, buffer, KV caches, key) and runs
 it on to step `end`, its buffers donated, so one compiled program serves every chunk, and
@@ -181,13 +183,15 @@ def prefill(lm: MusicGenLM, params, conditions: Conditions, buffer: Array, start
 
 
 def decode_steps(lm: MusicGenLM, params, conditions: Conditions, state: DecodeState, end: Array,
-                 settings: DecodeSettings, progress_id: Array | int = 0) -> DecodeState:
+                 settings: DecodeSettings, progress_id: Array | int = 0, kv_block: int | None = None) -> DecodeState:
     """Run the loop from `state.step` until step `end` is written (nothing when state.step >= end).
 
     conditions: the same as given to `prefill` (their prefix, if any, is dropped here). Traceable: jit it
-    with `lm` and `settings` static and `state` donated; `end` traced, so every chunk of a generation
-    runs the same program. progress_id: a listener from `progress_listener`, told the step count every
-    `settings.progress_every` steps.
+    with `lm`, `settings` and `kv_block` static and `state` donated; `end` traced, so every chunk of a
+    generation runs the same program. progress_id: a listener from `progress_listener`, told the step
+    count every `settings.progress_every` steps. kv_block: with `lm.kv_length` (a multiple of it) and the
+    unrolled layout, attend to blocks of that many positions (`split_cache`); every step of the call
+    must write into the last block (as `kv_pieces` arranges).
     """
     guidance = settings.guidance
     step_conditions = constrain(conditions, conditions.logical_axes(), lm.mesh).without_prefix()
@@ -210,13 +214,38 @@ def decode_steps(lm: MusicGenLM, params, conditions: Conditions, state: DecodeSt
         return DecodeState(state.step + 1, buffer, cache, key)
 
     state = state.replace(buffer=constrain(state.buffer, BUFFER_AXES, lm.mesh))
-    return jax.lax.while_loop(cond_fn, body_fn, state)
+    if kv_block is None or lm.kv_length is None:
+        return jax.lax.while_loop(cond_fn, body_fn, state)
+    is_cache = lambda c: isinstance(c, LMCache)  # noqa: E731 - one cache, or a (conditional, null) pair
+    blocked = jax.tree.map(lambda c: split_cache(c, lm.kv_length, kv_block), state.cache, is_leaf=is_cache)
+    out = jax.lax.while_loop(cond_fn, body_fn, state.replace(cache=blocked))
+    return out.replace(cache=jax.tree.map(lambda full, b: join_cache(full, b, lm.kv_length, kv_block),
+                                          state.cache, out.cache, is_leaf=is_cache))
 
 
-# Cache positions per length-aware segment, by backend (None: attend over the whole buffer). On XLA:CPU a
-# sliced cache is copied and the attention GEMM over it ran 3-10x slower than over the whole buffer
-# ([16, 16, 1504, 64] fp32: 15-20 ms whole, 90-220 ms for a 1000-position slice, 2 cores).
-KV_SEGMENT = {"cpu": None, "gpu": 512, "cuda": 512, "rocm": 512, "tpu": 512}
+# Cache positions per length-aware segment, by backend (None: attend over the whole buffer), and the
+# backends that attend to blocks in place of a slice: on XLA:CPU attention over a sliced cache ran 3-10x
+# slower than over the whole buffer (the slice is copied each time; [16, 16, 1504, 64] fp32: 15-30 ms
+# whole, 90-250 ms for a 1000-position slice, 2 cores), while separate blocks are read in place.
+KV_SEGMENT = {"cpu": 512, "gpu": 512, "cuda": 512, "rocm": 512, "tpu": 512}
+KV_BLOCKED = frozenset({"cpu"})
+
+
+def split_cache(cache: LMCache, kv_length: int, block: int) -> LMCache:
+    """Unrolled cache [B, H, L, D] per layer -> per layer a tuple of blocks of `block` positions
+    covering [0, kv_length) (the live part; see KVCache)."""
+    def split(buffer):
+        return tuple(buffer[:, :, i:i + block] for i in range(0, kv_length, block))
+
+    return LMCache(tuple(map(split, cache.k)), tuple(map(split, cache.v)), cache.index)
+
+
+def join_cache(full: LMCache, blocked: LMCache, kv_length: int, block: int) -> LMCache:
+    """Write the last block of each layer (the only one decode steps change) back into `full`."""
+    def put(buffer, blocks):
+        return jax.lax.dynamic_update_slice_in_dim(buffer, blocks[-1], kv_length - block, axis=2)
+
+    return LMCache(tuple(map(put, full.k, blocked.k)), tuple(map(put, full.v, blocked.v)), blocked.index)
 
 
 def kv_pieces(step: int, end: int, prefix: int, cache_length: int, segment: int | None) -> list[tuple[int, int | None]]:
@@ -248,7 +277,7 @@ def _jitted(backend: str):
     options = _CPU_DECODE_OPTIONS if backend == "cpu" and _option_known(_CPU_DECODE_OPTIONS) else None
     return (jax.jit(prefill, static_argnames=("lm", "settings", "cache_dtype"), donate_argnames=("buffer",),
                     compiler_options=options),
-            jax.jit(decode_steps, static_argnames=("lm", "settings"), donate_argnames=("state",),
+            jax.jit(decode_steps, static_argnames=("lm", "settings", "kv_block"), donate_argnames=("state",),
                     compiler_options=options))
 
 
@@ -272,7 +301,9 @@ def prefill_jit(lm, params, conditions, buffer, start, key, settings, cache_dtyp
                                              cache_dtype=cache_dtype)
 
 
-def decode_steps_jit(lm, params, conditions, state: DecodeState, end, settings, progress_id=0) -> DecodeState:
-    """`decode_steps`, jitted with `lm` and `settings` static; `state` is donated (do not use it after)."""
+def decode_steps_jit(lm, params, conditions, state: DecodeState, end, settings, progress_id=0,
+                     kv_block: int | None = None) -> DecodeState:
+    """`decode_steps`, jitted with `lm`, `settings` and `kv_block` static; `state` is donated (do not use
+    it after)."""
     return _jitted(jax.default_backend())[1](lm, params, conditions, state, jnp.int32(end), settings,
-                                             jnp.int32(progress_id))
+                                             jnp.int32(progress_id), kv_block=kv_block)

@@ -25,7 +25,7 @@ import numpy as np
 
 from musicgen_jax import sharding
 from musicgen_jax.config import GenerationParams, MusicGenConfig
-from musicgen_jax.generate import (BUFFER_AXES, KV_SEGMENT, DecodeSettings, decode_steps_jit, kv_pieces, prefill_jit,
+from musicgen_jax.generate import (BUFFER_AXES, KV_BLOCKED, KV_SEGMENT, DecodeSettings, decode_steps_jit, kv_pieces, prefill_jit,
                                    progress_listener)
 from musicgen_jax.modules.lm import Conditions, MusicGenLM, dummy_inputs
 from musicgen_jax.modules.t5 import T5Encoder, init_t5
@@ -312,7 +312,9 @@ class Sampler:
         buffer = sharding.place(buffer, BUFFER_AXES, self.mesh)
         conditions = sharding.place(conditions, conditions.logical_axes(), self.mesh)
         complete = complete_frames(pattern)  # [S]
-        segment = KV_SEGMENT.get(jax.default_backend()) if self.kv_segment == "auto" else self.kv_segment
+        backend = jax.default_backend()
+        segment = KV_SEGMENT.get(backend) if self.kv_segment == "auto" else self.kv_segment
+        block = segment if backend in KV_BLOCKED and not self.lm.scan_layers else None
         prefix = 0 if conditions.prefix is None else conditions.prefix.shape[1]
         with progress_listener(listener) as listener_id:
             state = prefill_jit(self.lm, self.lm_params, conditions, buffer, start, key, settings,
@@ -320,8 +322,12 @@ class Sampler:
             step = start
             for end in chunk_ends(pattern, prompt_tokens.shape[-1], start, chunk_frames):
                 for piece_end, kv_length in kv_pieces(step, end, prefix, prefix + padded, segment):
-                    lm = self.lm if kv_length is None else self.lm.clone(kv_length=kv_length)
-                    state = decode_steps_jit(lm, self.lm_params, conditions, state, piece_end, settings, listener_id)
+                    if kv_length is None:
+                        state = decode_steps_jit(self.lm, self.lm_params, conditions, state, piece_end, settings,
+                                                 listener_id)
+                    else:
+                        state = decode_steps_jit(self.lm.clone(kv_length=kv_length), self.lm_params, conditions,
+                                                 state, piece_end, settings, listener_id, kv_block=block)
                 step = max(step, end)
                 codes = pattern.revert(state.buffer[:, :, :steps], c.special_token)  # [B, K, frames]
                 yield codes.block_until_ready(), int(complete[end])  # the chunk is done: nothing runs on

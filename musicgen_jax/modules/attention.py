@@ -24,7 +24,12 @@ Array = jax.Array
 
 @flax.struct.dataclass
 class KVCache:
-    """Self-attention cache of one layer. k, v: [B, H, L, D]; index: [] int32 positions filled."""
+    """Self-attention cache of one layer. k, v: [B, H, L, D]; index: [] int32 positions filled.
+
+    k and v may instead be tuples of blocks [B, H, L_i, D] covering positions [0, sum L_i) in order
+    (length-aware decoding on CPU, `generate.decode_steps`): new positions must fall in the last block,
+    the only one written; attention reads every block in place.
+    """
 
     k: Array
     v: Array
@@ -48,19 +53,40 @@ class CrossKV:
     mask: Array | None = None
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | None = None,
+def dot_product_attention(q: Array, k, v, *, mask: Array | None = None,
                           bias: Array | None = None, scale: float = 1.0) -> Array:
     """q [B, H, T, D], k/v [B, H, L, D] -> [B, H, T, D]; mask broadcastable to [B, H, T, L] (True = attend).
 
+    k and v may also be tuples of blocks [B, H, L_i, D] (L = sum of L_i, see `KVCache`): each block is
+    its own GEMM operand, so nothing is copied to put them together.
     Logits and softmax in float32; the weighted sum in the value dtype.
     """
-    logits = jnp.einsum("bhtd,bhld->bhtl", q, k, preferred_element_type=jnp.float32) * scale
+    k_blocks = k if isinstance(k, tuple) else (k,)
+    v_blocks = v if isinstance(v, tuple) else (v,)
+    logits = jnp.concatenate([jnp.einsum("bhtd,bhld->bhtl", q, kb, preferred_element_type=jnp.float32)
+                              for kb in k_blocks], axis=-1) * scale  # [B, H, T, L]
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhtl,bhld->bhtd", weights, v)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v_blocks[0].dtype)
+    out, start = None, 0
+    for vb in v_blocks:
+        part = jnp.einsum("bhtl,bhld->bhtd", weights[..., start:start + vb.shape[2]], vb)
+        out = part if out is None else out + part
+        start += vb.shape[2]
+    return out
+
+
+def _write(buffer, new: Array, offset: Array):
+    """Write new [B, H, T, D] at position `offset` of a cache buffer [B, H, L, D], or of a tuple of
+    blocks (into the last block, whose first position is the sum of the others' lengths)."""
+    zero = jnp.zeros((), jnp.int32)
+    if not isinstance(buffer, tuple):
+        return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), (zero, zero, offset, zero))
+    last = buffer[-1]
+    start = offset - sum(b.shape[2] for b in buffer[:-1])
+    return buffer[:-1] + (jax.lax.dynamic_update_slice(last, new.astype(last.dtype), (zero, zero, start, zero)),)
 
 
 def causal_mask(query_offset: Array | int, num_queries: int, num_keys: int) -> Array:
@@ -131,15 +157,15 @@ class Attention(nn.Module):
         offset = 0
         if cache is not None:
             offset = cache.index
-            zero = jnp.zeros((), jnp.int32)
-            k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (zero, zero, offset, zero))
-            v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (zero, zero, offset, zero))
+            k, v = _write(cache.k, k, offset), _write(cache.v, v, offset)
             cache = KVCache(k, v, offset + x.shape[1])
-            if self.kv_length is not None and self.kv_length < k.shape[2]:
+            if not isinstance(k, tuple) and self.kv_length is not None and self.kv_length < k.shape[2]:
                 k, v = k[:, :, : self.kv_length], v[:, :, : self.kv_length]  # [B, H, kv_length, D]
         if causal:
-            cm = causal_mask(offset, x.shape[1], k.shape[2])
+            num_keys = sum(b.shape[2] for b in k) if isinstance(k, tuple) else k.shape[2]
+            cm = causal_mask(offset, x.shape[1], num_keys)
             mask = cm if mask is None else jnp.logical_and(mask, cm)
         scale = self.head_dim ** -0.5 if self.scale_queries else 1.0
-        y = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, bias=bias, scale=scale)
+        cast = lambda a: tuple(b.astype(q.dtype) for b in a) if isinstance(a, tuple) else a.astype(q.dtype)  # noqa: E731
+        y = dot_product_attention(q, cast(k), cast(v), mask=mask, bias=bias, scale=scale)
         return self.out(self._heads_major(y)), cache  # out projection takes [B, T, H, D]
