@@ -98,5 +98,18 @@ def target_devices(target: Target | str, num_devices: int = 1) -> list[Any]:
 
 def prepare_jax() -> None:
     """Call before jax initialises its backends: on a machine without CUDA the CUDA plugin's version
-    check would fail; compiling for a CUDA target needs only the CPU client plus the plugin's compiler."""
+    check would fail; compiling for a CUDA target needs only the CPU client plus the plugin's compiler.
+
+    Works after `import jax` too (musicgen_jax imports it) as long as no backend has started: the
+    platforms are then set through jax.config. Also lets libtpu load while another process holds its
+    lock file (ALLOW_MULTIPLE_LIBTPU_LOAD): these compiles never touch a TPU."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    import sys
+
+    if "jax" in sys.modules:
+        import jax
+        from jax._src import xla_bridge
+
+        if not jax.config.jax_platforms and not xla_bridge.backends_are_initialized():
+            jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
