@@ -90,6 +90,19 @@ class Featurize:
         return out
 
 
+def batch_shapes(global_batch: int, num_codebooks: int, frames: int, max_text_tokens: int,
+                 chroma_frames: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Global shapes of one batch (see module doc); `TrainData.batch_shapes` of a dataset, or of a recipe
+    without one (ahead-of-time compiles)."""
+    shapes = {"codes": (global_batch, num_codebooks, frames),
+              "frames": (global_batch,),
+              "text_ids": (global_batch, max_text_tokens),
+              "text_mask": (global_batch, max_text_tokens)}
+    if chroma_frames:
+        shapes["chroma"] = (global_batch, chroma_frames)
+    return shapes
+
+
 class TrainData:
     """Iterator of this process's share of every global batch; `get_state`/`set_state` for resume."""
 
@@ -120,13 +133,8 @@ class TrainData:
 
     def batch_shapes(self) -> dict[str, tuple[int, ...]]:
         """Global shapes of one batch (what the train step is compiled for)."""
-        shapes = {"codes": (self.global_batch, self.info.num_codebooks, self.frames),
-                  "frames": (self.global_batch,),
-                  "text_ids": (self.global_batch, self.max_text_tokens),
-                  "text_mask": (self.global_batch, self.max_text_tokens)}
-        if self.chroma_frames:
-            shapes["chroma"] = (self.global_batch, self.chroma_frames)
-        return shapes
+        return batch_shapes(self.global_batch, self.info.num_codebooks, self.frames, self.max_text_tokens,
+                            self.chroma_frames)
 
     def __iter__(self):
         return self

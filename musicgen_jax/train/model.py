@@ -9,6 +9,7 @@ too) as host numpy arrays, so that no accelerator ever holds an unsharded copy.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -133,7 +134,6 @@ def lora_config(section: LoraSection | None, cfg: MusicGenConfig) -> LoraConfig 
 
 def build_model(section: ModelSection, lora: LoraSection | None = None) -> TrainModel:
     """The modules and weights a run starts from (see module doc); `lora`: the recipe's lora section."""
-    dtype = _DTYPES[section.dtype]
     lm_overrides = section.lm_overrides
     if section.init_from:
         if lm_overrides:
@@ -145,8 +145,43 @@ def build_model(section: ModelSection, lora: LoraSection | None = None) -> Train
         cfg = dataclasses.replace(cfg, t5=t5_cfg)
         lm_params, source = None, None
     _check_tokenizer(tokenizer, cfg)
+    return _train_model(section, lora, cfg, t5_params=t5_params, tokenizer=tokenizer, pretrained=lm_params,
+                        source=source)
+
+
+def _train_model(section: ModelSection, lora: LoraSection | None, cfg: MusicGenConfig, **weights) -> TrainModel:
     adapters = lora_config(lora, cfg)
-    return TrainModel(config=cfg, lm=MusicGenLM(cfg.lm, dtype=dtype, remat=section.remat, lora=adapters),
-                      t5=T5Encoder(cfg.t5), t5_params=t5_params, tokenizer=tokenizer,
-                      pretrained=lm_params, source=source, lora=adapters, base_name=section.init_from,
-                      base_dtype=_DTYPES[lora.base_dtype] if adapters is not None else jnp.float32)
+    return TrainModel(config=cfg, lm=MusicGenLM(cfg.lm, dtype=_DTYPES[section.dtype], remat=section.remat,
+                                                lora=adapters),
+                      t5=T5Encoder(cfg.t5), lora=adapters, base_name=section.init_from,
+                      base_dtype=_DTYPES[lora.base_dtype] if adapters is not None else jnp.float32, **weights)
+
+
+def _abstract_t5_config(section: ModelSection, cfg: MusicGenConfig):
+    """The text encoder's config of a scratch run, read without its weights."""
+    if section.t5 == "random":
+        return cfg.t5
+    if section.t5.split("/")[-1] == "t5-base":  # every MusicGen's encoder (the T5Config defaults)
+        return mconfig.T5Config()
+    from musicgen_jax.convert.t5 import _read_config, _resolve, t5_config_from_hf
+
+    return t5_config_from_hf(_read_config(_resolve(section.t5)))
+
+
+def abstract_model(section: ModelSection, lora: LoraSection | None = None) -> TrainModel:
+    """The modules of the run `build_model` would build, without any weights, tokenizer or data (no
+    t5_params, no pretrained): what ahead-of-time compiles need. A fine-tuning run (`init_from`) naming an
+    official model takes that preset's config; any other checkpoint is loaded for its config."""
+    if section.init_from:
+        name = section.init_from
+        official = not os.path.exists(os.path.expanduser(name)) and (name.startswith("facebook/") or "/" not in name)
+        try:
+            cfg = mconfig.preset(section.init_from) if official else None
+        except ValueError:
+            cfg = None
+        if cfg is None:
+            cfg = _load_pretrained(section.init_from)[0]
+    else:
+        cfg = preset_config(section.preset, section.lm_overrides)
+        cfg = dataclasses.replace(cfg, t5=_abstract_t5_config(section, cfg))
+    return _train_model(section, lora, cfg, t5_params=None, tokenizer=None)

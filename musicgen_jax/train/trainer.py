@@ -22,6 +22,7 @@ update with accumulation is not bit-equal to one without (different masks), unli
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import flax
@@ -153,6 +154,32 @@ def create_state(model: TrainModel, optim: OptimSection, total_steps: int, mesh:
     return init(params), shardings
 
 
+def _boxed_base(model: TrainModel):
+    def base(rng):  # boxed
+        return model.frozen_base(model.init_variables(rng)["params"])
+
+    return base
+
+
+def base_shardings(model: TrainModel, mesh: Mesh, seed: int = 0) -> Any:
+    """Shardings of a LoRA run's frozen LM weights (None without LoRA); `place_base` puts them there."""
+    if model.lora is None:
+        return None
+    init_rng = jax.random.split(jax.random.PRNGKey(seed))[0]
+    return S.param_shardings(jax.eval_shape(_boxed_base(model), init_rng), mesh)
+
+
+def abstract_base(model: TrainModel, mesh: Mesh, seed: int = 0) -> Any:
+    """ShapeDtypeStructs (in `model.base_dtype`, with shardings) of what `place_base` places; None
+    without LoRA. For ahead-of-time compiles."""
+    if model.lora is None:
+        return None
+    init_rng = jax.random.split(jax.random.PRNGKey(seed))[0]
+    shapes = nn.meta.unbox(jax.eval_shape(_boxed_base(model), init_rng))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, model.base_dtype, sharding=sh), shapes,
+                        base_shardings(model, mesh, seed))
+
+
 def place_base(model: TrainModel, mesh: Mesh, seed: int = 0,
                compiler_options: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """A LoRA run's frozen LM weights in `model.base_dtype`, sharded by the logical-axis rules: the
@@ -162,11 +189,8 @@ def place_base(model: TrainModel, mesh: Mesh, seed: int = 0,
         return None, None
     init_rng = jax.random.split(jax.random.PRNGKey(seed))[0]
     dtype = model.base_dtype
-
-    def base(rng):  # boxed
-        return model.frozen_base(model.init_variables(rng)["params"])
-
-    shardings = S.param_shardings(jax.eval_shape(base, init_rng), mesh)
+    base = _boxed_base(model)
+    shardings = base_shardings(model, mesh, seed)
     if model.pretrained is not None:
         abstract = nn.meta.unbox(jax.eval_shape(base, init_rng))
         if jax.tree.structure(abstract) != jax.tree.structure(model.pretrained):
@@ -292,6 +316,14 @@ def batch_shardings(batch_shapes: Mapping[str, tuple[int, ...]], mesh: Mesh) -> 
     return {k: S.batch_sharding(mesh, len(shape)) for k, shape in batch_shapes.items()}
 
 
+def on_mesh(model: TrainModel, mesh: Mesh) -> TrainModel:
+    """The model with its LM's hidden states and logits constrained to `mesh` by their logical axes (rows
+    over data x fsdp). Without it XLA's sharding propagation may follow the fsdp-sharded weights instead
+    of the batch: with fsdp alone it computed every row's attention on every device (the AOT report of
+    configs/train/medium.yaml on 8 devices: [192, 24, 1501, 1501] scores per device, 156 GB)."""
+    return dataclasses.replace(model, lm=model.lm.clone(mesh=mesh))
+
+
 def make_train_step(model: TrainModel, optim: OptimSection, total_steps: int, mesh: Mesh,
                     state_shardings: TrainState, batch_shapes: Mapping[str, tuple[int, ...]],
                     t5_shardings: Any, compiler_options: dict[str, Any] | None = None, base_shardings: Any = None):
@@ -304,12 +336,26 @@ def make_train_step(model: TrainModel, optim: OptimSection, total_steps: int, me
            _options_key(compiler_options))
     frozen = (t5_shardings,) if base_shardings is None else (t5_shardings, base_shardings)
     return _memo(key, lambda: jax.jit(
-        train_step_fn(model, optim, total_steps),
+        train_step_fn(on_mesh(model, mesh), optim, total_steps),
         in_shardings=(state_shardings, batch_shardings(batch_shapes, mesh), *frozen),
         out_shardings=(state_shardings, S.replicated(mesh)), donate_argnums=(0,),
         compiler_options=compiler_options))
 
 
+def _t5_init(model: TrainModel):
+    return lambda: init_t5(model.t5, jax.random.PRNGKey(0))
+
+
 def place_t5(model: TrainModel, mesh: Mesh) -> tuple[Any, Any]:
     """The frozen text encoder's params, sharded by the same rules. -> (params, shardings)."""
-    return S.place_params(model.t5_params, lambda: init_t5(model.t5, jax.random.PRNGKey(0)), mesh)
+    return S.place_params(model.t5_params, _t5_init(model), mesh)
+
+
+def abstract_t5(model: TrainModel, mesh: Mesh) -> tuple[Any, Any]:
+    """ShapeDtypeStructs (with shardings) of what `place_t5` places, and those shardings: no weights
+    needed (ahead-of-time compiles)."""
+    boxed = jax.eval_shape(_t5_init(model))
+    shardings = S.param_shardings(boxed, mesh)["params"]
+    shapes = nn.meta.unbox(boxed)["params"]
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings), \
+        shardings
