@@ -303,17 +303,6 @@ def _backend_cost(compiled) -> dict[str, float] | None:
 # ------------------------------------------------------------------------------------------ report
 
 
-def _cpu_host() -> None:
-    """prepare_jax, also when jax was imported first (musicgen_jax imports it): the host runs on its CPU
-    client unless the caller chose platforms, so that the CUDA plugin is not initialised without CUDA."""
-    prepare_jax()
-    import jax
-    from jax._src import xla_bridge
-
-    if not jax.config.jax_platforms and not xla_bridge.backends_are_initialized():
-        jax.config.update("jax_platforms", "cpu")
-
-
 def report_train(recipe: Any, target: Target | str, num_devices: int, *, overrides: Sequence[str] = (),
                  compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Compile the recipe's train step for `num_devices` devices of `target` and report it (module doc).
@@ -321,7 +310,7 @@ def report_train(recipe: Any, target: Target | str, num_devices: int, *, overrid
     recipe: a configs/train/*.yaml path or a TrainConfig; overrides: `section.key=value` as the train CLI
     takes them (the mesh spans all `num_devices`: mesh.num_devices is not used); compiler_options: added to the recipe's (GPU targets get xla_gpu_enable_triton_gemm=False:
     without a GPU XLA cannot autotune Triton GEMMs)."""
-    _cpu_host()
+    prepare_jax()
     import jax
     import jax.numpy as jnp
 
