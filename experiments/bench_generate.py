@@ -77,6 +77,11 @@ def main(argv=None) -> int:
                                do_sample=False, guidance_scale=3.0, max_new_tokens=steps)
             return time.perf_counter() - start
 
+    device = jax.devices()[0].device_kind
+    print(f"{args.model} shapes, greedy, cfg 3, {jax.default_backend()} ({device}), ours in {args.dtype}")
+    print(f"decoder weights: {weight_bytes / 1e9:.2f} GB"
+          + (f"; memory bandwidth {bandwidth:.1f} GB/s -> floor {1e3 * weight_bytes / (bandwidth * 1e9):.0f} ms/step"
+             if bandwidth else ""), flush=True)
     rows = []
     for frames, batch in ((f, b) for f in args.frames for b in args.batch):
         steps = frames + max(lm.delays)  # model calls after the first: T + K - 1 in all
@@ -96,22 +101,32 @@ def main(argv=None) -> int:
             row.update(torch_s=t_torch, torch_ms_per_step=1e3 * t_torch / (steps + 1), speedup=t_torch / t_ours,
                        torch_all_s=torch_times)
         rows.append(row)
-
-    device = jax.devices()[0].device_kind
-    print(f"{args.model} shapes, greedy, cfg 3, {jax.default_backend()} ({device}), ours in {args.dtype}")
-    print(f"decoder weights: {weight_bytes / 1e9:.2f} GB"
-          + (f"; memory bandwidth {bandwidth:.1f} GB/s -> floor {1e3 * weight_bytes / (bandwidth * 1e9):.0f} ms/step"
-             if bandwidth else ""))
-    for r in rows:
-        line = f"  {r['frames']} frames ({r['frames'] / ours.frame_rate:g} s), batch {r['batch']}: ours {r['jax_s']:.2f} s ({r['jax_ms_per_step']:.1f} ms/step, compile {r['jax_compile_s']:.1f} s)"
-        if "torch_s" in r:
-            line += f" | transformers {r['torch_s']:.2f} s ({r['torch_ms_per_step']:.1f} ms/step) | {r['speedup']:.2f}x"
-        print(line)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": args.model, "device": device, "backend": jax.default_backend(), "dtype": args.dtype,
-                       "weight_bytes": weight_bytes, "bandwidth_gbs": bandwidth, "rows": rows}, f, indent=2)
+        print(describe(row, ours.frame_rate), flush=True)  # each row as it finishes: a 30 s batch-8 run is long
+        if args.json:
+            save_json(args.json, {"model": args.model, "device": device, "backend": jax.default_backend(),
+                                  "dtype": args.dtype, "weight_bytes": weight_bytes, "bandwidth_gbs": bandwidth,
+                                  "rows": rows})
     return 0
+
+
+def describe(row: dict, frame_rate: float) -> str:
+    line = (f"  {row['frames']} frames ({row['frames'] / frame_rate:g} s), batch {row['batch']}: ours {row['jax_s']:.2f} s "
+            f"({row['jax_ms_per_step']:.1f} ms/step, compile {row['jax_compile_s']:.1f} s)")
+    if "torch_s" in row:
+        line += (f" | transformers {row['torch_s']:.2f} s ({row['torch_ms_per_step']:.1f} ms/step)"
+                 f" | {row['speedup']:.2f}x")
+    return line
+
+
+def save_json(path: str, results: dict) -> None:
+    """Written whole each time, atomically, so an interrupted run leaves the rows so far."""
+    from musicgen_jax.files import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2)
+
+    atomic_write(path, write)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,25 @@ def test_kernel_count_of_a_cpu_while_loop():
     assert cost["approx"] == 0
 
 
+def test_loop_aware_cost_counts_each_body_by_its_trips():
+    """A 5-step loop of a [2, 64] x [64, 64] matmul: XLA's cost counts the body once, the loop-aware cost
+    5 times (trip count read from the compiled loop)."""
+    import jax
+    import jax.numpy as jnp
+
+    from musicgen_jax.aot import hlo
+
+    def f(w, x):
+        return jax.lax.fori_loop(0, 5, lambda i, x: jnp.tanh(x @ w), x)
+
+    compiled = jax.jit(f).lower(jnp.zeros((64, 64)), jnp.zeros((2, 64))).compile()
+    cost = hlo.loop_aware_cost(hlo.parse_hlo(compiled.as_text()))
+    matmul = 2 * 2 * 64 * 64
+    assert cost["loops"] == [5]
+    assert matmul <= cost["flops_once"] < 2 * matmul and 5 * matmul <= cost["flops"] < 6 * matmul
+    assert cost["bytes_accessed"] >= 5 * 64 * 64 * 4 and cost["collective_bytes"] == 0
+
+
 def test_out_of_memory_is_a_result():
     """TPU's compiler refuses a program that does not fit; the report reads how much it needed."""
     from musicgen_jax.aot.decode import _out_of_memory

@@ -170,6 +170,29 @@ def test_sharded_step_equals_single_device_step(world):
     assert state.ema["layers"]["fc1"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
 
 
+def test_fsdp_only_mesh_gives_each_device_its_own_rows(world):
+    """With fsdp as the only mesh axis the LM's activations are constrained by the batch (trainer.on_mesh):
+    each device's compiled step computes attention scores for its own rows, [8/8, H, T, T]. Without the
+    constraint XLA followed the fsdp-sharded weights and every device computed all rows' scores."""
+    import re
+
+    cfg = world.config()
+    model = build_model(cfg.model)
+    data = TrainData(world.data, tokenizer=model.tokenizer, lm=model.config.lm, global_batch=8,
+                     max_text_tokens=cfg.data.max_text_tokens, prefetch=0)
+    batch = next(data)
+    mesh = S.make_mesh(1, 8, 1)
+    state, shardings = T.create_state(model, cfg.optim, cfg.steps, mesh, compiler_options=cfg.compiler_options)
+    t5_params, t5_shardings = T.place_t5(model, mesh)
+    step_fn = T.make_train_step(model, cfg.optim, cfg.steps, mesh, shardings, {k: v.shape for k, v in batch.items()},
+                                t5_shardings, cfg.compiler_options)
+    hlo = step_fn.lower(state, S.global_batch(batch, mesh), t5_params).compile().as_text()
+    steps, heads = batch["codes"].shape[-1] + 1, model.config.lm.num_heads  # the pattern's T + 1 steps
+    # self-attention scores [(layers,) rows, heads, steps, steps]: the rows dimension
+    rows = {int(m) for m in re.findall(rf"f32\[(?:\d+,)*?(\d+),{heads},{steps},{steps}\]", hlo)}
+    assert rows == {1}, f"attention score rows per device: {sorted(rows)} (batch 8 over fsdp 8 should give 1)"
+
+
 # ------------------------------------------------------------------------------------ shapes only
 
 

@@ -157,18 +157,13 @@ def _out_of_memory(message: str) -> float | None:
     return float(m.group(1)) * scale
 
 
-def _cast_leaf(path) -> bool:
-    """Params the model casts to its compute dtype before use (Dense kernels, the output heads); norms,
-    biases of norms and the embedding tables (gathered in float32) stay as they are."""
-    keys = [str(getattr(k, "key", k)) for k in path]
-    return keys[-1] == "kernel" or keys == ["heads"]
-
-
 def _step_weight_bytes(params, dtype, lm, hoisted: bool, rows: int) -> int:
     """Weight bytes one decode step reads at the dtype the loop holds them in: every parameter the step
     uses once (the cross-attention key/value kernels and text / chroma projections only make the
     conditions), the embedding tables only for the rows gathered (rows x codebooks)."""
     import jax
+
+    from musicgen_jax.modules.lm import is_matmul_weight
 
     total = 0
     for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -180,7 +175,7 @@ def _step_weight_bytes(params, dtype, lm, hoisted: bool, rows: int) -> int:
         if keys == ["embeddings"]:
             total += rows * lm.num_codebooks * lm.dim * x.dtype.itemsize
             continue
-        itemsize = min(dtype.itemsize, x.dtype.itemsize) if hoisted and _cast_leaf(path) else x.dtype.itemsize
+        itemsize = min(dtype.itemsize, x.dtype.itemsize) if hoisted and is_matmul_weight(path) else x.dtype.itemsize
         total += math.prod(x.shape) * itemsize
     return total
 
@@ -191,12 +186,13 @@ def _hoisted_casts(module, loop, params, dtype) -> bool:
     import jax
 
     from musicgen_jax.aot import hlo
+    from musicgen_jax.modules.lm import is_matmul_weight
 
     inst = module.instruction(loop.computation, loop.name)
     carried = hlo.array_shapes(inst.shape) if inst is not None else []
     name = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}.get(jax.numpy.dtype(dtype).name)
     shapes = {tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
-              if _cast_leaf(p) and len(x.shape) >= 2}
+              if is_matmul_weight(p) and len(x.shape) >= 2}
     low = sum(1 for d, dims in carried if d == name and dims in shapes)
     full = sum(1 for d, dims in carried if d == "f32" and dims in shapes)
     return name != "f32" and low > full
@@ -244,7 +240,7 @@ def report_decode(model, target: Target | str, *, batch: int = 1, seconds: float
     from musicgen_jax.aot import hlo
     from musicgen_jax.config import Guidance, SamplingParams
     from musicgen_jax.generate import BUFFER_AXES, DecodeSettings, DecodeState, decode_steps, prefill
-    from musicgen_jax.modules.lm import MusicGenLM, dummy_inputs
+    from musicgen_jax.modules.lm import MusicGenLM, dummy_inputs, inference_params
 
     target = get_target(target) if isinstance(target, str) else target
     if not (isinstance(batch, int) and batch >= 1):
@@ -265,10 +261,7 @@ def report_decode(model, target: Target | str, *, batch: int = 1, seconds: float
     boxed = jax.eval_shape(lambda: lm.init(jax.random.PRNGKey(0), **dummy_inputs(c)))
     params = _with_shardings(nn.meta.unbox(boxed)["params"], sharding.param_shardings(boxed, mesh_)["params"])
     held = compute if param_dtype is None else _dtype(param_dtype)
-    if held != jnp.float32:
-        params = jax.tree_util.tree_map_with_path(
-            lambda p, x: jax.ShapeDtypeStruct(x.shape, held if _cast_leaf(p) else x.dtype, sharding=x.sharding),
-            params)
+    params = inference_params(params, held)
 
     # conditions as the sampler's Conditioner makes them (T5 output of a 16-token bucket, CFG rows)
     text = jax.ShapeDtypeStruct((rows, text_tokens, c.condition_dim), jnp.float32)

@@ -505,6 +505,108 @@ def computation_cost(module: HloModuleText, computation: str) -> dict[str, float
 
 
 # -------------------------------------------------------------------------------------------------
+# whole-program cost with every loop body counted by its trip count (a train step's scanned layers)
+
+
+def _scalar_constant(comp: Computation, name: str) -> int | None:
+    """The value of the integer scalar constant `name` of `comp`, else None."""
+    m = re.search(rf"%?{re.escape(name)} = [su](?:32|64)\[\]\S* constant\((\d+)\)", comp.text)
+    return int(m.group(1)) if m else None
+
+
+def trip_count(module: HloModuleText, loop: WhileLoop) -> int:
+    """A while loop's trip count: XLA's known_trip_count (GPU); else (TPU) the bound its condition compares
+    the induction variable with (less-than), over the step the body adds to it (TPU's 'wide' loops add 2),
+    counting from 0. 1 when neither can be read."""
+    if loop.known_trip_count:
+        return loop.known_trip_count
+    cond = module.computations.get(loop.condition)
+    compare = next((i for i in cond.instructions if i.opcode == "compare" and "direction=LT" in i.attrs),
+                   None) if cond else None
+    if compare is None:
+        return 1
+    defs = {i.name: i for i in cond.instructions}
+    bound = next((v for v in (_scalar_constant(cond, n) for n in compare.operands) if v is not None), None)
+    if bound is None:
+        return 1
+    index = next((defs[n].attr("index") for n in compare.operands
+                  if n in defs and defs[n].opcode == "get-tuple-element"), None)
+    body = module.computations.get(loop.body)
+    step = 1
+    root = next((i for i in body.instructions if i.root and i.opcode == "tuple"), None) if body else None
+    if root is not None and index is not None and int(index) < len(root.operands):
+        update = next((i for i in body.instructions if i.name == root.operands[int(index)]), None)
+        if update is not None and update.opcode == "add":
+            step = next((v for v in (_scalar_constant(body, n) for n in update.operands) if v), 1)
+    return max(1, -(-bound // step))
+
+
+def _tuple_parts(shape: str) -> list[str]:
+    """'(a, (b, c), d)' -> ['a', '(b, c)', 'd']; an array shape -> [it]."""
+    if not shape.startswith("("):
+        return [shape]
+    parts, start, i = [], 1, 1
+    while i < len(shape) - 1:
+        if shape[i] in "([{":
+            i = _balanced(shape, i)
+            continue
+        if shape[i] == ",":
+            parts.append(shape[start:i].strip())
+            start = i + 1
+        i += 1
+    last = shape[start:len(shape) - 1].strip()
+    return parts + ([last] if last else [])
+
+
+def collective_bytes(inst: Instruction) -> float:
+    """Bytes a collective delivers: its result (of an async all-gather / permute / all-to-all start, whose
+    shape is (operands, results, ...): the results part); 0 for other instructions."""
+    if inst.opcode not in COLLECTIVES and inst.opcode not in ("all-to-all-start", "reduce-scatter-start"):
+        return 0.0
+    shape = inst.shape
+    if inst.opcode.endswith("-start") and not inst.opcode.startswith("all-reduce"):
+        parts = _tuple_parts(shape)
+        shape = parts[1] if len(parts) > 1 else shape
+    return shape_bytes(shape)
+
+
+def loop_aware_cost(module: HloModuleText) -> dict[str, Any]:
+    """Flops, bytes and collective bytes of a whole (per-device) program with every while body counted
+    trip-count times (`computation_cost` of each body; `compiled.cost_analysis()` counts a body once).
+    Also the once-counted figures (`*_once`) and the loops' trip counts."""
+    loops: dict[str, list[tuple[str, int]]] = {}
+    for w in while_loops(module):
+        loops.setdefault(w.computation, []).append((w.body, trip_count(module, w)))
+    costs: dict[str, dict[str, float]] = {}
+
+    def cost(name: str) -> dict[str, float]:
+        if name not in costs:
+            costs[name] = computation_cost(module, name)
+        return costs[name]
+
+    def full(name: str, key: str) -> float:  # `name` once, each loop body in it: trips x (its own full cost)
+        return cost(name)[key] + sum(trips * full(body, key) - cost(body)[key] for body, trips in loops.get(name, []))
+
+    delivered: dict[str, float] = {}
+
+    def collectives(name: str) -> float:  # of `name` and what it calls, loop bodies x trip counts
+        if name not in delivered:
+            delivered[name] = 0.0  # (a cycle would stop here)
+            trips = dict(loops.get(name, []))
+            total = 0.0
+            for inst in module.computations[name].instructions:
+                total += collective_bytes(inst)
+                total += sum(trips.get(c, 1) * collectives(c) for c in inst.callees() if c in module.computations)
+            delivered[name] = total
+        return delivered[name]
+
+    entry = module.entry
+    return {"flops": full(entry, "flops"), "bytes_accessed": full(entry, "bytes_accessed"),
+            "flops_once": cost(entry)["flops"], "bytes_accessed_once": cost(entry)["bytes_accessed"],
+            "collective_bytes": collectives(entry), "loops": sorted(n for ls in loops.values() for _, n in ls)}
+
+
+# -------------------------------------------------------------------------------------------------
 # per-kernel cost: each top-level instruction analysed on its own (bytes by operand, memory spaces)
 
 

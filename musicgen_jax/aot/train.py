@@ -16,19 +16,19 @@ What the report holds (every figure an estimate from a compiled program, per dev
     the attention backward, as no weight gradient of the frozen base is computed), and XLA's own counts:
     `xla_*_once` as XLA's cost analysis gives them (a while/scan body, e.g. the layers under nn.scan or the
     accumulation loop, counted ONCE), and `xla_*` with every loop body multiplied by its trip count (XLA's
-    generic HLO cost model run on each loop body of the compiled module, plus cuBLAS GEMM custom calls,
-    which that model counts as 0 FLOPs; on TPU the bytes are scaled by TPU/generic of the whole module, for
-    the tiling TPU's count includes);
+    generic HLO cost model run on each loop body of the compiled module, plus the flops and bytes of cuBLAS
+    GEMM custom calls from their shapes, which that model does not know: `aot.hlo.loop_aware_cost`; on TPU
+    the bytes are scaled by TPU/generic of the whole module, for the tiling TPU's count includes);
   * est. step time = max(FLOPs per device / peak, bytes per device / HBM bandwidth): a lower bound (no
     collectives, perfect overlap), and MFU bound = model FLOPs / (est. step time x peak x devices).
 """
 from __future__ import annotations
 
 import math
-import re
 import time
 from typing import Any, Sequence
 
+from musicgen_jax.aot import hlo
 from musicgen_jax.aot.targets import Target, get_target, prepare_jax, target_devices
 
 ESTIMATE_NOTE = ("estimates from a compiled program (XLA's memory and cost analysis, published peak FLOP/s and "
@@ -98,208 +98,6 @@ def _model_flops(model, batch: int, steps: int, text_tokens: int) -> tuple[float
                           "+ the attention backward, adapters not counted; remat recompute not counted")
 
 
-# ------------------------------------------------------------------------------------------ XLA costs
-# A private helper (aot/hlo.py may grow a shared one): XLA's cost analysis counts a while body once,
-# so each loop body of the compiled module is costed as its own module and multiplied by its trip count.
-
-_HEAD = re.compile(r"^(ENTRY )?%?([\w.\-]+) \(.*\{\s*$")
-_WHILE = re.compile(r"while\(.*?\), condition=%?([\w.\-]+), body=%?([\w.\-]+)")
-_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
-_DEF = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\(.*?\)|\w+\[[\d,]*\](?:\{[^}]*\})?)\s")
-_GEMM = re.compile(r'custom_call_target="__cublas\$(?:lt\$)?matmul"')
-_ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
-_METADATA = re.compile(r"metadata=\{[^{}]*\}")
-
-
-def _split(text: str) -> tuple[dict[str, str], list[str], str]:
-    comps, order, entry, name, lines = {}, [], "", None, []
-    for line in text.splitlines():
-        if name is None:
-            m = _HEAD.match(line)
-            if m:
-                name, lines = m.group(2), [line]
-                entry = name if m.group(1) else entry
-            continue
-        lines.append(line)
-        if line.startswith("}"):
-            comps[name] = "\n".join(lines)
-            order.append(name)
-            name = None
-    return comps, order, entry
-
-
-def _defs(comp: str) -> dict[str, str]:
-    """{instruction name: its line} of one computation."""
-    out = {}
-    for line in comp.splitlines():
-        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
-        if m:
-            out[m.group(1)] = line
-    return out
-
-
-def _constant(line: str | None) -> int | None:
-    """The value of an integer scalar constant instruction's line, else None."""
-    m = re.search(r"= [su](?:32|64)\[\]\S* constant\((\d+)\)", line or "")
-    return int(m.group(1)) if m else None
-
-
-def _trip_count(line: str, condition: str, body: str) -> int:
-    """A while loop's trip count: XLA's known_trip_count (GPU); else (TPU) the bound its condition compares
-    the induction variable with, over the step the body adds to it (TPU's 'wide' loops add 2), from 0."""
-    m = _TRIP.search(line)
-    if m:
-        return int(m.group(1))
-    cond = _defs(condition)
-    compare = next((l for l in cond.values() if " compare(" in l and "direction=LT" in l), None)
-    if compare is None:
-        return 1
-    names = re.findall(r"%([\w.\-]+)", compare.split(" compare(", 1)[1].split(")", 1)[0])
-    bound = next((c for c in (_constant(cond.get(n)) for n in names) if c is not None), None)
-    index = next((re.search(r"index=(\d+)", cond[n]).group(1) for n in names
-                  if n in cond and "get-tuple-element(" in cond[n]), None)
-    if bound is None:
-        return 1
-    step = 1
-    defs = _defs(body)
-    root = next((l for l in defs.values() if l.lstrip().startswith("ROOT ") and " tuple(" in l), None)
-    if root is not None and index is not None:
-        operands = re.findall(r"%([\w.\-]+)", root.split(" tuple(", 1)[1])
-        update = defs.get(operands[int(index)]) if int(index) < len(operands) else None
-        if update is not None and " add(" in update:
-            added = re.findall(r"%([\w.\-]+)", update.split(" add(", 1)[1].split(")", 1)[0])
-            step = next((c for c in (_constant(defs.get(n)) for n in added) if c), 1)
-    return max(1, -(-bound // step))
-
-
-def _gemm_flops(comp: str) -> float:
-    """FLOPs of the cuBLAS GEMM custom calls of one computation: 2 x output elements x contracted size."""
-    shapes = {m.group(1): m.group(2) for m in map(_DEF.match, comp.splitlines()) if m}
-    flops = 0.0
-    for line in comp.splitlines():
-        if not _GEMM.search(line):
-            continue
-        m = _DEF.match(line)
-        out = _ARRAY.search(m.group(2)) if m else None
-        operands = re.search(r"custom-call\(%?([\w.\-]+)", line)
-        contracting = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', line)
-        lhs = _ARRAY.search(shapes.get(operands.group(1), "")) if operands else None
-        if not (out and lhs and contracting):
-            continue
-        out_n = math.prod(int(d) for d in out.group(2).split(",") if d)
-        lhs_dims = [int(d) for d in lhs.group(2).split(",") if d]
-        k = math.prod(lhs_dims[int(i.strip('" '))] for i in contracting.group(1).split(",") if i.strip('" '))
-        flops += 2.0 * out_n * k
-    return flops
-
-
-_COLLECTIVE = re.compile(r"= [^=]*?\b(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
-                         r"(?:-start)?\(")
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
-          "f64": 8, "s64": 8, "u64": 8}
-
-
-def _top_level(shape: str) -> list[str]:
-    """'(a, (b, c), d)' -> ['a', '(b, c)', 'd']; an array shape -> [it]."""
-    if not shape.startswith("("):
-        return [shape]
-    parts, depth, cur = [], 0, ""
-    for ch in shape[1:-1]:
-        depth += ch in "([{"
-        depth -= ch in ")]}"
-        if ch == "," and depth == 0:
-            parts.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    return parts + ([cur.strip()] if cur.strip() else [])
-
-
-def _collective_bytes(comp: str) -> float:
-    """Bytes of the collectives' results in one computation (of an async -start: its result part)."""
-    total = 0.0
-    for line in comp.splitlines():
-        found = _COLLECTIVE.search(line)
-        m = _DEF.match(line) if found else None
-        if not m:
-            continue
-        shape = m.group(2)
-        if "-start(" in found.group(0) and found.group(1) in ("all-gather", "collective-permute", "all-to-all"):
-            parts = _top_level(shape)
-            shape = parts[1] if len(parts) > 1 else shape  # (operands, results, ...)
-        total += sum(_BYTES.get(t, 4) * math.prod(int(d) for d in dims.split(",") if d)
-                     for t, dims in _ARRAY.findall(shape))
-    return total
-
-
-def _loop_aware_cost(hlo_text: str) -> dict[str, float]:
-    """{flops, bytes accessed, loops, ...once} of a compiled (per-device) HLO module, every while body
-    counted trip-count times: XLA's generic HLO cost model on each body as an entry computation."""
-    import jaxlib._hlo as hlo
-    from jax._src import xla_bridge
-    from jax._src.lib import _jax
-
-    cpu = xla_bridge.get_backend("cpu")
-    comps, order, entry = _split(_METADATA.sub("metadata={}", hlo_text))
-    loops = {name: [(m.group(2), _trip_count(line, comps.get(m.group(1), ""), comps.get(m.group(2), "")))
-                    for line in text.splitlines() if (m := _WHILE.search(line))]
-             for name, text in comps.items()}
-    costs: dict[str, dict[str, float]] = {}
-
-    def cost(name: str) -> dict[str, float]:
-        if name not in costs:
-            parts = ["HloModule aot_cost"]
-            for c in order:
-                text = comps[c][len("ENTRY "):] if comps[c].startswith("ENTRY ") else comps[c]
-                parts.append("ENTRY " + text if c == name else text)
-            module = hlo.hlo_module_from_text("\n\n".join(parts))
-            costs[name] = dict(_jax.hlo_module_cost_analysis(cpu, module))
-        return costs[name]
-
-    callees = {name: set(re.findall(r"(?:calls|to_apply|body|condition|true_computation|false_computation)="
-                                    r"%?([\w.\-]+)", text)) |
-               {c.strip().lstrip("%") for g in re.findall(r"branch_computations=\{([^}]*)\}", text)
-                for c in g.split(",")}
-               for name, text in comps.items()}
-
-    def reachable(own) -> Any:
-        memo: dict[str, float] = {}
-
-        def total(name: str) -> float:  # `own` of `name` and of what it calls, loop bodies x trip counts
-            if name not in memo:
-                memo[name] = 0.0
-                trips = dict(loops.get(name, []))
-                memo[name] = own(comps[name]) + sum(trips.get(c, 1) * total(c)
-                                                    for c in callees.get(name, ()) if c in comps)
-            return memo[name]
-
-        return total
-
-    gemms, collectives = reachable(_gemm_flops), reachable(_collective_bytes)
-
-    def full(name: str, key: str) -> float:
-        value = cost(name).get(key, 0.0)
-        for body, trips in loops.get(name, []):
-            value += trips * full(body, key) - cost(body).get(key, 0.0)
-        return value
-
-    gemm_once = sum(_gemm_flops(comps[c]) for c in order)
-    return {"flops": full(entry, "flops") + gemms(entry), "bytes accessed": full(entry, "bytes accessed"),
-            "flops_once": cost(entry).get("flops", 0.0) + gemm_once,
-            "bytes_once": cost(entry).get("bytes accessed", 0.0), "collective_bytes": collectives(entry),
-            "loops": sorted(n for ls in loops.values() for _, n in ls)}
-
-
-def _backend_cost(compiled) -> dict[str, float] | None:
-    try:
-        costs = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001  (some backends raise instead of returning None)
-        return None
-    if isinstance(costs, (list, tuple)):
-        costs = costs[0] if costs else None
-    return dict(costs) if costs else None
-
-
 # ------------------------------------------------------------------------------------------ report
 
 
@@ -364,13 +162,13 @@ def report_train(recipe: Any, target: Target | str, num_devices: int, *, overrid
 
     steps = frames + 1  # the delay pattern's valid steps (T + 1): what the LM runs on
     model_flops, flops_note = _model_flops(model, cfg.data.batch_size, steps, cfg.data.max_text_tokens)
-    xla = _loop_aware_cost(compiled.runtime_executable().hlo_modules()[0].to_string())
-    backend = _backend_cost(compiled)
-    xla_flops_once = backend.get("flops", xla["flops_once"]) if backend else xla["flops_once"]
-    bytes_once = backend.get("bytes accessed", xla["bytes_once"]) if backend else xla["bytes_once"]
-    xla_bytes = xla["bytes accessed"]
-    if backend and xla["bytes_once"] > 0:  # TPU: its own count (tiles, padding) scaled by the loop factor
-        xla_bytes *= bytes_once / xla["bytes_once"]
+    xla = hlo.loop_aware_cost(hlo.parse_hlo(compiled.as_text()))
+    backend = hlo.native_cost(compiled)  # TPU's own count; None on GPU
+    xla_flops_once = backend["flops"] if backend else xla["flops_once"]
+    bytes_once = backend["bytes_accessed"] if backend else xla["bytes_accessed_once"]
+    xla_bytes = xla["bytes_accessed"]
+    if backend and xla["bytes_accessed_once"] > 0:  # TPU: its own count (tiles, padding) scaled by the loop factor
+        xla_bytes *= bytes_once / xla["bytes_accessed_once"]
     flops_per_device = max(xla["flops"], model_flops / num_devices)
     compute_s = flops_per_device / target.peak_flops
     memory_s = xla_bytes / target.hbm_bandwidth

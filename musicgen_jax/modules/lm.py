@@ -370,9 +370,15 @@ def stack_layers(params: Any, num_layers: int) -> Any:
     return out
 
 
+def is_matmul_weight(path) -> bool:
+    """Whether the param at this tree path is one the layers cast to the compute dtype before a matmul:
+    every Dense `kernel` and the output `heads` (not norms, biases or the embedding tables)."""
+    return getattr(path[-1], "key", None) in ("kernel", "heads")
+
+
 def inference_params(params: Any, dtype=jnp.float32) -> Any:
-    """Matmul weights (every `kernel` and the output `heads`) stored in the compute dtype; norms,
-    biases and embeddings kept as they are (float32).
+    """Matmul weights (`is_matmul_weight`) stored in the compute dtype; norms, biases and embeddings kept
+    as they are (float32). Takes arrays, or ShapeDtypeStructs (their shardings kept) for compile-only use.
 
     Exact: the layers cast each weight to the compute dtype before its matmul anyway. Stored that way,
     a bf16 decode step reads 2 bytes per weight and runs no convert kernels (XLA does not hoist the
@@ -381,10 +387,11 @@ def inference_params(params: Any, dtype=jnp.float32) -> Any:
     dtype = jnp.dtype(dtype)
 
     def cast(path, x):
-        name = getattr(path[-1], "key", None)
-        if name in ("kernel", "heads") and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
-            return x.astype(dtype)
-        return x
+        if not is_matmul_weight(path) or not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == dtype:
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+        return x.astype(dtype)
 
     return jax.tree_util.tree_map_with_path(cast, params)
 
