@@ -91,10 +91,10 @@ def test_greedy_tokens_match_transformers(tiny, prompts):
 
 
 def test_length_aware_attention_matches_transformers(tiny):
-    """Attending only to the written cache positions (segments of 16 here, 512 on GPU/TPU) keeps greedy
+    """Attending only to the written cache positions (segments of 16 / 32 here, 512 on GPU/TPU) keeps greedy
     tokens equal to transformers', and sampled / continued tokens equal to the whole-buffer loop's."""
     model, mg = tiny
-    frames = 120
+    frames = 64
     greedy(mg, frames)
     ref_tokens, _ = reference_generate(model, mg, PROMPTS_SAME_LENGTH, frames)
     programs = compiled_decode_programs()
@@ -102,7 +102,8 @@ def test_length_aware_attention_matches_transformers(tiny):
         mg.sampler.kv_segment = 16
         _, tokens = mg.generate(PROMPTS_SAME_LENGTH, return_tokens=True)
         np.testing.assert_array_equal(np.asarray(tokens), ref_tokens)
-        assert compiled_decode_programs() - programs >= 7  # one program per 16-position bound below 124
+        assert compiled_decode_programs() - programs >= 4  # one program per 16-position bound below 68
+        mg.sampler.kv_segment = 32  # fewer programs to compile for the sampled and continued runs
         mg.set_generation_params(duration=frames / mg.frame_rate, use_sampling=True, top_k=5, cfg_coef=3.0)
         prompt = np.asarray(mg.compression_model.decode(jax.numpy.asarray(ref_tokens[:1, :, :30])))
         segmented = [np.asarray(mg.generate(PROMPTS_SAME_LENGTH, return_tokens=True, seed=3)[1]),
