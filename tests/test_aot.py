@@ -147,6 +147,50 @@ def test_loop_aware_cost_counts_each_body_by_its_trips():
     assert cost["bytes_accessed"] >= 5 * 64 * 64 * 4 and cost["collective_bytes"] == 0
 
 
+TPU_STYLE_LOOP = """HloModule loop
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %p = (s32[], f32[8]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[8]{0} get-tuple-element(%p), index=1
+  %two = s32[] constant(2)
+  %next = s32[] add(%i, %two)
+  %gather = ((f32[8]{0}), f32[64]{0}) all-gather-start(%x), dimensions={0}
+  %gathered = f32[64]{0} all-gather-done(%gather)
+  %y = f32[8]{0} slice(%gathered), slice={[0:8]}
+  ROOT %t = (s32[], f32[8]{0}) tuple(%next, %y)
+}
+
+%cond (q: (s32[], f32[8])) -> pred[] {
+  %q = (s32[], f32[8]{0}) parameter(0)
+  %j = s32[] get-tuple-element(%q), index=0
+  %x.bound = s32[] constant(7)
+  %bound = s32[] constant(24)
+  ROOT %lt = pred[] compare(%j, %bound), direction=LT
+}
+
+ENTRY %main (a: f32[8]) -> (s32[], f32[8]) {
+  %a = f32[8]{0} parameter(0)
+  %zero = s32[] constant(0)
+  %init = (s32[], f32[8]{0}) tuple(%zero, %a)
+  ROOT %w = (s32[], f32[8]{0}) while(%init), condition=%cond, body=%body
+}
+"""
+
+
+def test_trip_count_and_collectives_of_a_loop_without_a_known_trip_count():
+    """TPU prints no known_trip_count: the count is the condition's bound (24) over the body's step (2);
+    an async all-gather's shape is (operands, results): it delivers its result, f32[64]."""
+    from musicgen_jax.aot import hlo
+
+    module = hlo.parse_hlo(TPU_STYLE_LOOP)
+    (loop,) = hlo.while_loops(module)
+    assert loop.known_trip_count is None and hlo.trip_count(module, loop) == 12
+    start = module.instruction(loop.body, "gather")
+    assert hlo.collective_bytes(start) == 64 * 4
+    assert hlo.collective_bytes(module.instruction(loop.body, "gathered")) == 0
+
+
 def test_out_of_memory_is_a_result():
     """TPU's compiler refuses a program that does not fit; the report reads how much it needed."""
     from musicgen_jax.aot.decode import _out_of_memory

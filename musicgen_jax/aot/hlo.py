@@ -510,7 +510,7 @@ def computation_cost(module: HloModuleText, computation: str) -> dict[str, float
 
 def _scalar_constant(comp: Computation, name: str) -> int | None:
     """The value of the integer scalar constant `name` of `comp`, else None."""
-    m = re.search(rf"%?{re.escape(name)} = [su](?:32|64)\[\]\S* constant\((\d+)\)", comp.text)
+    m = re.search(rf"(?<![\w.\-])%?{re.escape(name)} = [su](?:32|64)\[\]\S* constant\((\d+)\)", comp.text)
     return int(m.group(1)) if m else None
 
 
@@ -596,6 +596,8 @@ def loop_aware_cost(module: HloModuleText) -> dict[str, Any]:
             total = 0.0
             for inst in module.computations[name].instructions:
                 total += collective_bytes(inst)
+                if inst.opcode in ("async-update", "async-done"):  # the async-start's computation, again
+                    continue
                 total += sum(trips.get(c, 1) * collectives(c) for c in inst.callees() if c in module.computations)
             delivered[name] = total
         return delivered[name]

@@ -163,11 +163,11 @@ def report_train(recipe: Any, target: Target | str, num_devices: int, *, overrid
     steps = frames + 1  # the delay pattern's valid steps (T + 1): what the LM runs on
     model_flops, flops_note = _model_flops(model, cfg.data.batch_size, steps, cfg.data.max_text_tokens)
     xla = hlo.loop_aware_cost(hlo.parse_hlo(compiled.as_text()))
-    backend = hlo.native_cost(compiled)  # TPU's own count; None on GPU
-    xla_flops_once = backend["flops"] if backend else xla["flops_once"]
-    bytes_once = backend["bytes_accessed"] if backend else xla["bytes_accessed_once"]
+    backend = hlo.native_cost(compiled) if target.platform == "tpu" else None  # TPU's own count
+    xla_flops_once = backend["flops"] if backend and backend["flops"] > 0 else xla["flops_once"]
+    bytes_once = backend["bytes_accessed"] if backend and backend["bytes_accessed"] > 0 else xla["bytes_accessed_once"]
     xla_bytes = xla["bytes_accessed"]
-    if backend and xla["bytes_accessed_once"] > 0:  # TPU: its own count (tiles, padding) scaled by the loop factor
+    if xla["bytes_accessed_once"] > 0:  # TPU: its own count (tiles, padding) scaled by the loop factor; GPU: 1
         xla_bytes *= bytes_once / xla["bytes_accessed_once"]
     flops_per_device = max(xla["flops"], model_flops / num_devices)
     compute_s = flops_per_device / target.peak_flops
